@@ -1,0 +1,21 @@
+# The two commands of the quick start: `make dev` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: dev test clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+dev: $(VENV)/.installed  ## the gateway on http://127.0.0.1:7071 with the emulator as its upstream
+	$(PY) scripts/dev.py
+
+test: $(VENV)/.installed  ## the whole test suite
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache

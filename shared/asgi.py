@@ -1,0 +1,75 @@
+"""The local server: the shared handlers as an ASGI app for uvicorn (or any ASGI server).
+
+    uvicorn --factory shared.asgi:create_app --port 7071
+
+Configured by the same environment variables as the Azure Functions app. Also how the gateway
+runs in a container. It checks no caller credential: bind it to 127.0.0.1, or put it behind
+something that does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .errors import GatewayError, MethodNotAllowedError, NotFoundError
+from .http import REQUEST_ID_HEADER, GatewayApi, error_response
+from .logs import bind_request_id
+
+
+def create_app(environ: Mapping[str, str] | None = None) -> Starlette:
+    """Build the app; the configuration is loaded and validated here, once."""
+    _configure_logging()
+    api = GatewayApi.from_environ(os.environ if environ is None else environ)
+    return build_app(api)
+
+
+def build_app(api: GatewayApi) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await api.aclose()
+
+    return Starlette(
+        routes=[
+            Route("/api/v1/chat/completions", api.chat_completions, methods=["POST"]),
+            Route("/api/v1/models", api.models, methods=["GET"]),
+            Route("/api/health", api.health, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: _routing_error},
+        lifespan=lifespan,
+    )
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error: GatewayError
+    if exc.status_code == 405:
+        error = MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}.")
+        error.headers.update(exc.headers or {})
+    else:
+        error = NotFoundError(
+            f"No route {request.url.path}; the gateway serves POST /api/v1/chat/completions, "
+            "GET /api/v1/models and GET /api/health."
+        )
+    response = error_response(error)
+    response.headers[REQUEST_ID_HEADER] = bind_request_id(request.headers.get(REQUEST_ID_HEADER))
+    return response
+
+
+def _configure_logging() -> None:
+    """Log lines to stderr at INFO unless the host configured logging already."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper(),
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        )

@@ -1,0 +1,160 @@
+"""The OpenAI Chat Completions request, parsed once at the edge, and the normalized answer."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import InvalidRequestError
+from .formatters import ChatResult
+
+
+class _Open(BaseModel):
+    """Typed where OpenAI defines a field; unknown fields are kept and forwarded."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class TextPart(_Open):
+    type: Literal["text"]
+    text: str
+
+
+class ImageUrl(_Open):
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Open):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class Message(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content_is_text_or_parts(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, (str, list)):
+            raise ValueError("must be a string, a list of content parts, or null")
+        return value
+
+    @model_validator(mode="after")
+    def _content_is_present(self) -> Message:
+        if self.content is None and not (self.role == "assistant" and getattr(self, "tool_calls", None)):
+            raise ValueError(f"a {self.role} message needs content")
+        return self
+
+
+class StreamOptions(_Open):
+    include_usage: bool | None = None
+
+
+_GATEWAY_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
+
+
+class ChatRequest(_Open):
+    """`model` picks the endpoint; every other field except the stream switches is a sampling
+    parameter that overrides the endpoint's `model_kwargs` for this request only."""
+
+    model: str | None = Field(default=None, min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=128)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    user: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    def message_dicts(self) -> list[dict[str, Any]]:
+        """The messages as the caller sent them (fields they did not send stay absent)."""
+        return [m.model_dump(exclude_unset=True) for m in self.messages]
+
+    def parameters(self) -> dict[str, Any]:
+        """The caller's sampling parameters; explicit nulls mean "the endpoint's default"."""
+        fields = self.model_dump(exclude=_GATEWAY_FIELDS, exclude_unset=True)
+        return {name: value for name, value in fields.items() if value is not None}
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    """Parse and validate a request body; raise `InvalidRequestError` naming the bad field."""
+    try:
+        return ChatRequest.model_validate_json(body)
+    except ValidationError as exc:
+        # Of a union's alternatives, the deepest error is the one about what the caller meant.
+        error = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))
+        if error["type"] == "json_invalid":
+            raise InvalidRequestError(f"The request body is not valid JSON: {error['msg']}.") from None
+        if error["type"] == "model_type" and not error["loc"]:
+            raise InvalidRequestError("The request body must be a JSON object.") from None
+        param = _param(error["loc"])
+        raise InvalidRequestError(f"{param}: {_message(error)}", param=param) from None
+
+
+def _param(loc: tuple[Any, ...]) -> str:
+    """`messages[0].content[1].text` from pydantic's location, without its union labels."""
+    text, after_tagged_union = "", False
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+            continue
+        if after_tagged_union:  # the member's tag comes first, then its fields
+            after_tagged_union = False
+            continue
+        if "[" in part or part == "str":
+            after_tagged_union = "tagged-union" in part
+            continue
+        text += f".{part}" if text else part
+    return text
+
+
+def _message(error: dict[str, Any]) -> str:
+    if error["type"] == "missing":
+        return "is required"
+    if error["type"] == "too_short" and error["loc"] == ("messages",):
+        return "must contain at least one message"
+    if error["type"] == "union_tag_invalid":
+        return f"unsupported content part type; use {error['ctx']['expected_tags']}"
+    return error["msg"].removeprefix("Value error, ")
+
+
+def chat_completion(result: ChatResult, *, model: str) -> dict[str, Any]:
+    """The normalized OpenAI `chat.completion` object for an endpoint's answer."""
+    completion: dict[str, Any] = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": index,
+                "message": choice.message,
+                "finish_reason": choice.finish_reason,
+                "logprobs": choice.logprobs,
+            }
+            for index, choice in enumerate(result.choices)
+        ],
+    }
+    if result.usage is not None:
+        completion["usage"] = result.usage
+    return completion

@@ -1,0 +1,292 @@
+"""The gateway configuration document, parsed and validated once per process.
+
+Read from `GATEWAY_CONFIG` (inline JSON) or `GATEWAY_CONFIG_FILE` (a path). Every problem is a
+`ConfigError` whose message names the field and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import json
+import logging
+import os
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .formatters import BUILTIN_FORMATTERS, ApiType, ContentFormatterBase
+
+logger = logging.getLogger("gateway.config")
+
+DEFAULT_ENTRA_SCOPE = "https://ml.azure.com/.default"
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EnvAuth(_Model):
+    """The key is the value of an environment variable (local development only)."""
+
+    type: Literal["env"]
+    variable: str = Field(min_length=1)
+
+
+class KeyVaultAuth(_Model):
+    """The key is the secret `secret_name` in the vault at `KEY_VAULT_URL`."""
+
+    type: Literal["key_vault"]
+    secret_name: str = Field(pattern=r"^[0-9A-Za-z-]{1,127}$")
+
+
+class EntraAuth(_Model):
+    """A Microsoft Entra ID token for `scope`, from the app's identity (keyless endpoints)."""
+
+    type: Literal["entra"]
+    scope: str = DEFAULT_ENTRA_SCOPE
+
+
+Auth = Annotated[EnvAuth | KeyVaultAuth | EntraAuth, Field(discriminator="type")]
+
+
+class EndpointConfig(_Model):
+    """One Azure ML endpoint, selected by the request's `model` equal to `name`."""
+
+    name: str = Field(pattern=r"^\S+$", max_length=256)
+    # Before endpoint_url, whose check depends on it.
+    endpoint_api_type: Literal["dedicated", "serverless", "realtime"] = "dedicated"
+    endpoint_url: str
+    content_formatter: str = "CustomOpenAIChatContentFormatter"
+    deployment_name: str | None = Field(default=None, min_length=1)
+    auth: Auth
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    upstream_model: str | None = Field(default=None, min_length=1)
+    extra_parameters: Literal["pass-through", "drop", "error"] | None = None
+    timeout_s: float = Field(default=60.0, gt=0, le=600)
+    max_retries: int = Field(default=2, ge=0, le=10)
+
+    @property
+    def api_type(self) -> ApiType:
+        if self.endpoint_api_type == "realtime":
+            return ApiType.DEDICATED
+        return ApiType(self.endpoint_api_type)
+
+    @cached_property
+    def formatter(self) -> ContentFormatterBase:
+        return load_formatter(self.content_formatter)()
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _url_fits_the_api_type(cls, url: str, info: Any) -> str:
+        return _check_url(url.rstrip("/"), info.data.get("endpoint_api_type", "dedicated"))
+
+    @field_validator("content_formatter")
+    @classmethod
+    def _formatter_exists(cls, name: str) -> str:
+        load_formatter(name)
+        return name
+
+    @model_validator(mode="after")
+    def _formatter_supports_the_api_type(self) -> EndpointConfig:
+        supported = load_formatter(self.content_formatter).supported_api_types
+        if self.api_type not in supported:
+            names = ", ".join(t.value for t in supported)
+            raise ValueError(
+                f"content_formatter {self.content_formatter} does not support endpoint_api_type "
+                f"{self.api_type.value!r}; it supports: {names}"
+            )
+        return self
+
+
+class GatewayConfig(_Model):
+    """The whole document: the endpoints and the gateway-wide settings."""
+
+    default_model: str | None = None
+    endpoints: list[EndpointConfig] = Field(min_length=1)
+    max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
+
+    @model_validator(mode="after")
+    def _names_are_unique_and_default_exists(self) -> GatewayConfig:
+        seen: set[str] = set()
+        for endpoint in self.endpoints:
+            if endpoint.name in seen:
+                raise ValueError(f"two endpoints are named {endpoint.name!r}; names must be unique")
+            seen.add(endpoint.name)
+        if self.default_model is not None and self.default_model not in seen:
+            raise ValueError(
+                f"default_model {self.default_model!r} is not the name of an endpoint "
+                f"(names: {', '.join(sorted(seen))})"
+            )
+        return self
+
+    def endpoint(self, name: str) -> EndpointConfig | None:
+        return self._by_name.get(name)
+
+    @cached_property
+    def _by_name(self) -> dict[str, EndpointConfig]:
+        return {e.name: e for e in self.endpoints}
+
+
+def load_formatter(name: str) -> type[ContentFormatterBase]:
+    """A built-in formatter by class name, or a user's class as `package.module:ClassName`."""
+    if name in BUILTIN_FORMATTERS:
+        return BUILTIN_FORMATTERS[name]
+    module_name, sep, class_name = name.partition(":")
+    if not sep or not module_name or not class_name:
+        builtins = ", ".join(BUILTIN_FORMATTERS)
+        raise ValueError(
+            f"unknown content_formatter {name!r}: use one of {builtins}, "
+            "or your own class as 'package.module:ClassName'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r} for content_formatter: {exc}") from None
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, ContentFormatterBase)):
+        raise ValueError(
+            f"content_formatter {name!r} must name a subclass of "
+            "shared.formatters.ContentFormatterBase"
+        )
+    return cls
+
+
+_EXPECTED_PATH = {"dedicated": "/score", "realtime": "/score", "serverless": "/v1/chat/completions"}
+
+
+def _check_url(url: str, api_type: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an absolute http(s) URL")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError(
+            f"{url!r} uses plain http; keys must travel over https (plain http is accepted only "
+            "for 127.0.0.1/localhost, e.g. the local emulator)"
+        )
+    expected = _EXPECTED_PATH[api_type]
+    if parts.path in ("", "/"):
+        raise ValueError(f"{url!r} has no path; a {api_type} endpoint URL ends in {expected}: "
+                         f"use {url}{expected}")
+    if api_type == "serverless":
+        if parts.path.endswith("/score"):
+            raise ValueError(f"{url!r} is a /score URL; set endpoint_api_type to 'dedicated' "
+                             "or use the endpoint's /v1/chat/completions URL")
+        if not parts.path.endswith("/chat/completions"):
+            raise ValueError(f"a serverless endpoint URL ends in /v1/chat/completions "
+                             f"(or /models/chat/completions on Azure AI Foundry); got {url!r}")
+    elif not parts.path.endswith("/score"):
+        hint = ("; for an OpenAI-compatible /chat/completions URL set endpoint_api_type to "
+                "'serverless'" if parts.path.endswith("/chat/completions") else "")
+        raise ValueError(f"a dedicated endpoint URL ends in /score; got {url!r}{hint}")
+    return url
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_config(document: str | bytes, *, source: str = "GATEWAY_CONFIG") -> GatewayConfig:
+    """Parse and validate a configuration document; raise `ConfigError` naming the bad field."""
+    try:
+        data = json.loads(document)
+    except ValueError as exc:
+        raise ConfigError(f"{source} is not valid JSON: {exc}") from None
+    try:
+        config = GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source} is invalid:\n" + _describe(exc, data)) from None
+    for endpoint in config.endpoints:
+        if endpoint.endpoint_api_type == "realtime":
+            logger.warning(
+                "endpoint %r: endpoint_api_type 'realtime' is deprecated; use 'dedicated'",
+                endpoint.name,
+            )
+        replacement = endpoint.formatter.deprecated_in_favour_of
+        if replacement:
+            logger.warning(
+                "endpoint %r: %s is deprecated; use %s (same behaviour)",
+                endpoint.name, endpoint.content_formatter, replacement,
+            )
+    return config
+
+
+def load_config(environ: Mapping[str, str] = os.environ) -> GatewayConfig:
+    """The configuration named by the environment, checked against the environment too."""
+    inline, path = environ.get("GATEWAY_CONFIG"), environ.get("GATEWAY_CONFIG_FILE")
+    if inline and path:
+        raise ConfigError("Set GATEWAY_CONFIG or GATEWAY_CONFIG_FILE, not both.")
+    if path:
+        try:
+            document = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"GATEWAY_CONFIG_FILE {path!r} cannot be read: {exc.strerror}") from None
+        config = parse_config(document, source=f"GATEWAY_CONFIG_FILE {path!r}")
+    elif inline:
+        config = parse_config(inline)
+    else:
+        raise ConfigError(
+            "No configuration: set GATEWAY_CONFIG (inline JSON) or GATEWAY_CONFIG_FILE (a path)."
+        )
+    _check_environment(config, environ)
+    return config
+
+
+def _check_environment(config: GatewayConfig, environ: Mapping[str, str]) -> None:
+    for i, endpoint in enumerate(config.endpoints):
+        where = f"endpoints[{i}] ({endpoint.name!r}).auth"
+        auth = endpoint.auth
+        if isinstance(auth, KeyVaultAuth) and not environ.get("KEY_VAULT_URL"):
+            raise ConfigError(f"{where}: type 'key_vault' needs the app setting KEY_VAULT_URL "
+                              "(the vault's URI, e.g. https://<vault>.vault.azure.net/)")
+        if isinstance(auth, EnvAuth):
+            if not environ.get(auth.variable):
+                raise ConfigError(f"{where}: the environment variable {auth.variable} is not set")
+            logger.warning("endpoint %r takes its key from the environment variable %s: "
+                           "for local development only", endpoint.name, auth.variable)
+
+
+def _describe(exc: ValidationError, data: Any) -> str:
+    lines = []
+    for error in exc.errors(include_url=False):
+        where = _location(error["loc"], data)
+        lines.append(f"  {where}: {_message(error)}" if where else f"  {_message(error)}")
+    return "\n".join(lines)
+
+
+def _location(loc: tuple[Any, ...], data: Any) -> str:
+    text, node = "", data
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("name"), str):
+                text += f" ({node['name']!r})"
+        elif part in ("env", "key_vault", "entra") and text.endswith("auth"):
+            continue  # the union tag pydantic adds to the location
+        else:
+            text += f".{part}" if text else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return text
+
+
+def _message(error: dict[str, Any]) -> str:
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return "unknown field (check its spelling)"
+    if error["type"] == "union_tag_invalid":
+        return "unknown auth type; use 'key_vault', 'entra' or 'env'"
+    if error["type"] == "union_tag_not_found":
+        return "missing 'type'; use 'key_vault', 'entra' or 'env'"
+    return message

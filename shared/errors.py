@@ -1,0 +1,171 @@
+"""Every failure the gateway reports, with its HTTP status and OpenAI error body.
+
+This is the one place that decides which status a failure gets. Inner layers raise these
+exceptions; the HTTP handlers turn them into responses with `error_body`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+
+class GatewayError(Exception):
+    """A failure with a status code and an OpenAI-style error body.
+
+    `message` is shown to the caller: it must never contain a key, a token or an upstream
+    `Authorization` header.
+    """
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict:
+        return error_body(self.message, type=self.type, code=self.code, param=self.param)
+
+
+class ConfigError(ValueError):
+    """The gateway configuration is invalid; raised once, at start-up."""
+
+
+class InvalidRequestError(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class ModelNotFoundError(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class NotFoundError(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowedError(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class RequestTooLargeError(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UpstreamThrottledError(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+
+class UpstreamError(GatewayError):
+    """The endpoint answered, but not with something the gateway can use."""
+
+    status = 502
+    type = "upstream_error"
+    code = "bad_gateway"
+
+
+class ResponseFormatError(UpstreamError):
+    """A formatter could not read the endpoint's answer."""
+
+    code = "bad_upstream_response"
+
+
+class ServiceUnavailableError(GatewayError):
+    status = 503
+    type = "service_unavailable"
+    code = "service_unavailable"
+
+
+class UpstreamTimeoutError(GatewayError):
+    status = 504
+    type = "timeout"
+    code = "upstream_timeout"
+
+
+def error_body(message: str, *, type: str, code: str | None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+INTERNAL_ERROR_BODY = error_body(
+    "The gateway failed unexpectedly; the request id identifies it in the gateway's logs.",
+    type="server_error",
+    code="internal_error",
+)
+
+
+def upstream_status_error(
+    endpoint: str, status: int, body: bytes, retry_after: str | None = None
+) -> GatewayError:
+    """The error the caller gets when endpoint `endpoint` answered HTTP `status` (>= 400)."""
+    said = f"endpoint {endpoint!r} answered HTTP {status}"
+    detail = _upstream_message(body)
+    throttle_headers = {"Retry-After": retry_after} if retry_after else None
+    if status in (400, 422):
+        return InvalidRequestError(f"{said}: the endpoint rejected the request{detail}",
+                                   code="upstream_rejected_request")
+    if status in (401, 403):
+        return UpstreamError(f"{said}: it refused the gateway's credentials; check this "
+                             "endpoint's auth (key or role) in the gateway configuration",
+                             code="upstream_auth_failed")
+    if status == 404:
+        return UpstreamError(f"{said}: check endpoint_url and deployment_name{detail}",
+                             code="upstream_not_found")
+    if status == 408 or status == 504:
+        return UpstreamTimeoutError(f"{said}: it timed out{detail}")
+    if status == 413:
+        return RequestTooLargeError(f"{said}: the request is too large for it{detail}")
+    if status == 429:
+        return UpstreamThrottledError(f"{said}: it is throttling requests; retry later{detail}",
+                                      headers=throttle_headers)
+    if status == 503:
+        return ServiceUnavailableError(f"{said}: it is unavailable{detail}",
+                                       code="upstream_unavailable", headers=throttle_headers)
+    if status == 424:
+        return UpstreamError(f"{said}: its model container failed{detail}")
+    return UpstreamError(f"{said}{detail}")
+
+
+_MAX_DETAIL = 300
+
+
+def _upstream_message(body: bytes) -> str:
+    """The endpoint's own error message, if its body has one, as `: <message>`."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        data = data["error"]
+    message = None
+    if isinstance(data, dict):
+        message = next((data[k] for k in ("message", "detail") if isinstance(data.get(k), str)), None)
+    if not message:
+        return ""
+    message = " ".join(message.split())
+    if len(message) > _MAX_DETAIL:
+        message = message[:_MAX_DETAIL] + "…"
+    return f": {message}"

@@ -1,0 +1,224 @@
+"""Content formatters: chat messages to an endpoint's wire format and its answer back.
+
+Formatters are pure: bytes out, bytes in, no I/O, no clock, no globals, and they never mutate
+their arguments. The names and the methods to override are those of LangChain's
+`AzureMLChatOnlineEndpoint` formatters, so a LangChain subclass ports with few changes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar
+
+from .errors import InvalidRequestError, ResponseFormatError
+
+
+class ApiType(str, Enum):
+    """How an endpoint is called: `dedicated` (managed online endpoint, `/score`) or
+    `serverless` (pay-as-you-go, OpenAI-compatible `/v1/chat/completions`)."""
+
+    DEDICATED = "dedicated"
+    SERVERLESS = "serverless"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatChoice:
+    """One normalized answer: an OpenAI assistant message and why generation stopped."""
+
+    message: dict[str, Any]
+    finish_reason: str | None = "stop"
+    logprobs: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    """What a formatter reads out of an endpoint's answer."""
+
+    choices: list[ChatChoice]
+    usage: dict[str, Any] | None = field(default=None)
+
+    @classmethod
+    def from_text(cls, text: str, finish_reason: str | None = "stop") -> ChatResult:
+        return cls([ChatChoice({"role": "assistant", "content": text}, finish_reason)])
+
+
+def dumps(payload: Any) -> bytes:
+    """The one JSON encoding of request bodies: compact UTF-8, text exactly as sent."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def loads(output: bytes) -> Any:
+    try:
+        return json.loads(output)
+    except (ValueError, UnicodeDecodeError):
+        raise ResponseFormatError("the body is not JSON") from None
+
+
+class ContentFormatterBase:
+    """Base class of every content formatter, built-in or yours.
+
+    Subclass it, implement `format_messages_request_payload` and `format_response_payload`,
+    and name the class as `content_formatter: "package.module:ClassName"`. Raise
+    `InvalidRequestError` for a conversation the endpoint cannot take (the caller gets 400)
+    and `ResponseFormatError` for an answer you cannot read (the caller gets 502).
+    """
+
+    content_type: ClassVar[str] = "application/json"
+    accepts: ClassVar[str] = "application/json"
+    supported_api_types: ClassVar[tuple[ApiType, ...]] = (ApiType.DEDICATED, ApiType.SERVERLESS)
+    #: Set by deprecated formatters to the name of their replacement.
+    deprecated_in_favour_of: ClassVar[str | None] = None
+
+    def format_request_parameters(self, params: dict[str, Any], api_type: ApiType) -> dict[str, Any]:
+        """The request's OpenAI parameters in the endpoint's vocabulary (default: unchanged).
+
+        Applied to the caller's parameters only, before they override `model_kwargs`, which
+        are written in the endpoint's own vocabulary already.
+        """
+        return params
+
+    def format_messages_request_payload(
+        self, messages: list[dict[str, Any]], model_kwargs: dict[str, Any], api_type: ApiType
+    ) -> bytes:
+        raise NotImplementedError
+
+    def format_response_payload(self, output: bytes, api_type: ApiType) -> ChatResult:
+        raise NotImplementedError
+
+
+_OPENAI_LENGTH_PARAMS = ("max_tokens", "max_completion_tokens")
+
+
+class CustomOpenAIChatContentFormatter(ContentFormatterBase):
+    """OpenAI-style chat messages, for both api types.
+
+    dedicated: `{"input_data": {"input_string": messages, "parameters": kwargs}}`, answered by
+    `{"output": text}`, `[{"0": text}]` or an OpenAI `choices` body;
+    serverless: `{"messages": messages, **kwargs}`, answered by an OpenAI chat completion.
+    """
+
+    def format_request_parameters(self, params: dict[str, Any], api_type: ApiType) -> dict[str, Any]:
+        if api_type is ApiType.SERVERLESS or not any(k in params for k in _OPENAI_LENGTH_PARAMS):
+            return params
+        # Azure ML's chat-completion containers read the length limit as max_new_tokens.
+        params = dict(params)
+        for name in _OPENAI_LENGTH_PARAMS:
+            if name in params:
+                params["max_new_tokens"] = params.pop(name)
+        return params
+
+    def format_messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The messages as the endpoint must receive them (default: exactly as sent)."""
+        return messages
+
+    def format_messages_request_payload(
+        self, messages: list[dict[str, Any]], model_kwargs: dict[str, Any], api_type: ApiType
+    ) -> bytes:
+        messages = self.format_messages(messages)
+        if api_type is ApiType.DEDICATED:
+            return dumps({"input_data": {"input_string": messages, "parameters": model_kwargs}})
+        return dumps({"messages": messages, **model_kwargs})
+
+    def format_response_payload(self, output: bytes, api_type: ApiType) -> ChatResult:
+        data = loads(output)
+        if isinstance(data, dict) and "choices" in data:
+            return _openai_result(data)
+        if api_type is ApiType.DEDICATED:
+            text = _dedicated_text(data)
+            if text is not None:
+                return ChatResult.from_text(text)
+            raise ResponseFormatError(
+                'expected {"output": "..."}, [{"0": "..."}] or an OpenAI "choices" body'
+            )
+        raise ResponseFormatError('expected an OpenAI chat completion with "choices"')
+
+
+class LlamaChatContentFormatter(CustomOpenAIChatContentFormatter):
+    """Deprecated: behaves exactly as `CustomOpenAIChatContentFormatter`."""
+
+    deprecated_in_favour_of = "CustomOpenAIChatContentFormatter"
+
+
+class MistralChatContentFormatter(CustomOpenAIChatContentFormatter):
+    """For models without a system role: leading system messages are merged into the first
+    user message, separated by a blank line."""
+
+    def format_messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        first_user = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
+        if first_user is None:
+            raise InvalidRequestError(
+                "MistralChatContentFormatter needs at least one user message.", param="messages"
+            )
+        leading = 0
+        while leading < len(messages) and messages[leading].get("role") == "system":
+            leading += 1
+        if leading == 0:
+            return messages
+        system_text = "\n\n".join(_text_of(m) for m in messages[:leading])
+        merged = []
+        for i, message in enumerate(messages[leading:], start=leading):
+            if i == first_user:
+                message = {**message, "content": _prepend_text(system_text, message.get("content"))}
+            merged.append(message)
+        return merged
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "\n".join(p["text"] for p in content if p.get("type") == "text")
+    return content or ""
+
+
+def _prepend_text(text: str, content: Any) -> Any:
+    if isinstance(content, list):
+        return [{"type": "text", "text": text}, *content]
+    return f"{text}\n\n{content}" if content else text
+
+
+def _dedicated_text(data: Any) -> str | None:
+    if isinstance(data, dict):
+        output = data.get("output")
+        return output if isinstance(output, str) else None
+    if isinstance(data, list) and data:
+        first = data[0]
+        if isinstance(first, str):
+            return first
+        if isinstance(first, dict):
+            value = first.get("0")
+            if isinstance(value, dict):
+                value = value.get("generated_text")
+            return value if isinstance(value, str) else None
+    return None
+
+
+def _openai_result(data: dict[str, Any]) -> ChatResult:
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise ResponseFormatError('"choices" is not a non-empty list')
+    normalized = []
+    for choice in choices:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            raise ResponseFormatError('a choice has no "message" object')
+        normalized.append(
+            ChatChoice(
+                {"role": "assistant", **message},
+                choice.get("finish_reason"),
+                choice.get("logprobs"),
+            )
+        )
+    usage = data.get("usage")
+    return ChatResult(normalized, usage if isinstance(usage, dict) else None)
+
+
+BUILTIN_FORMATTERS: dict[str, type[ContentFormatterBase]] = {
+    cls.__name__: cls
+    for cls in (
+        CustomOpenAIChatContentFormatter,
+        LlamaChatContentFormatter,
+        MistralChatContentFormatter,
+    )
+}

@@ -1,0 +1,111 @@
+"""The HTTP handlers, shared by both hosts: Starlette requests in, Starlette responses out.
+
+The Azure Functions HTTP-streams extension hands functions Starlette `Request` objects and sends
+back Starlette responses, so `function_app.py` and the local ASGI app call the same methods.
+Every response carries `x-request-id`; every failure is an OpenAI error body.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Mapping
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from .chat import parse_chat_request
+from .errors import INTERNAL_ERROR_BODY, GatewayError, InvalidRequestError, RequestTooLargeError
+from .logs import bind_request_id, get_logger
+from .service import Gateway
+
+log = get_logger("gateway.http")
+
+REQUEST_ID_HEADER = "x-request-id"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class GatewayApi:
+    """`chat_completions`, `models` and `health`, bound to one process-wide `Gateway`."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._max_request_bytes = gateway.config.max_request_bytes
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] = os.environ) -> GatewayApi:
+        return cls(Gateway.from_environ(environ))
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await _respond(request, self._chat_completions)
+
+    async def models(self, request: Request) -> Response:
+        return await _respond(request, self._models)
+
+    async def health(self, request: Request) -> Response:
+        return await _respond(request, _health)
+
+    async def aclose(self) -> None:
+        await self.gateway.aclose()
+
+    async def _chat_completions(self, request: Request) -> Response:
+        body = await read_body(request, self._max_request_bytes)
+        chat = parse_chat_request(body)
+        if chat.stream:
+            raise InvalidRequestError(
+                "stream: streaming is not available yet; send the request without stream=true",
+                param="stream",
+            )
+        return JSONResponse(await self.gateway.chat(chat))
+
+    async def _models(self, request: Request) -> Response:
+        return JSONResponse(self.gateway.models())
+
+
+async def _health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def _respond(request: Request, handler: Handler) -> Response:
+    request_id = bind_request_id(request.headers.get(REQUEST_ID_HEADER))
+    try:
+        response = await handler(request)
+    except GatewayError as exc:
+        log.info("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.code)
+        response = error_response(exc)
+    except Exception:
+        log.exception("%s %s failed unexpectedly", request.method, request.url.path)
+        response = JSONResponse(INTERNAL_ERROR_BODY, status_code=500)
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+def error_response(error: GatewayError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequestError("The Content-Length header is not a number.")
+        if int(declared) > limit:
+            raise _too_large(limit)
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise InvalidRequestError("The client went away before sending the whole body.") from None
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> RequestTooLargeError:
+    return RequestTooLargeError(
+        f"The request body is larger than this gateway's limit of {limit} bytes "
+        "(max_request_bytes in the gateway configuration)."
+    )

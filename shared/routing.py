@@ -1,0 +1,52 @@
+"""Api-type routing: the upstream URL, headers and body for one call. Pure: no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .config import EndpointConfig
+from .formatters import ApiType
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    endpoint: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+    def __repr__(self) -> str:  # the headers hold the key
+        return f"UpstreamRequest(endpoint={self.endpoint!r}, url={self.url!r}, body={len(self.body)} bytes)"
+
+
+def merge_parameters(endpoint: EndpointConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """The endpoint's `model_kwargs` overridden by this request's parameters, in a new dict."""
+    api_type = endpoint.api_type
+    merged = {**endpoint.model_kwargs, **endpoint.formatter.format_request_parameters(params, api_type)}
+    if api_type is ApiType.SERVERLESS and endpoint.upstream_model:
+        merged["model"] = endpoint.upstream_model
+    return merged
+
+
+def build_upstream_request(
+    endpoint: EndpointConfig,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+    credential: str,
+) -> UpstreamRequest:
+    """The call to make for `messages`, authorized with `credential` (a key or a token)."""
+    formatter = endpoint.formatter
+    body = formatter.format_messages_request_payload(
+        messages, merge_parameters(endpoint, params), endpoint.api_type
+    )
+    headers = {
+        "Content-Type": formatter.content_type,
+        "Accept": formatter.accepts,
+        "Authorization": f"Bearer {credential}",
+    }
+    if endpoint.deployment_name:
+        headers["azureml-model-deployment"] = endpoint.deployment_name
+    if endpoint.extra_parameters and endpoint.api_type is ApiType.SERVERLESS:
+        headers["extra-parameters"] = endpoint.extra_parameters
+    return UpstreamRequest(endpoint.name, endpoint.endpoint_url, headers, body)
