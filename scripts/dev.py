@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -43,23 +44,26 @@ def main() -> None:
     env = dict(os.environ, EMULATOR_KEY=secrets.token_urlsafe(24))
     if not (env.get("GATEWAY_CONFIG") or env.get("GATEWAY_CONFIG_FILE")):
         env["GATEWAY_CONFIG_FILE"] = str(ROOT / "config" / "emulator.json")
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "emulator", "--port", str(EMULATOR_PORT)], cwd=ROOT, env=env
-    )
+    # Stopped by a signal, stop both servers too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    children: list[subprocess.Popen] = []
     try:
-        wait_until_up(f"http://127.0.0.1:{EMULATOR_PORT}/_emulator/health", emulator)
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "emulator", "--port", str(EMULATOR_PORT)], cwd=ROOT, env=env))
+        wait_until_up(f"http://127.0.0.1:{EMULATOR_PORT}/_emulator/health", children[0])
         print(TRY_IT, flush=True)
-        gateway = subprocess.run(
+        children.append(subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "shared.asgi:create_app",
              "--host", "127.0.0.1", "--port", str(GATEWAY_PORT), "--no-access-log"],
-            cwd=ROOT, env=env, check=False,
-        )
-        sys.exit(gateway.returncode)
+            cwd=ROOT, env=env))
+        sys.exit(children[1].wait())
     except KeyboardInterrupt:
         pass
     finally:
-        emulator.terminate()
-        emulator.wait(timeout=10)
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait(timeout=10)
 
 
 if __name__ == "__main__":

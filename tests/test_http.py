@@ -1,0 +1,317 @@
+"""The gateway over real sockets: the local server in front of the emulator."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import aiohttp
+from multidict import CIMultiDict
+import pytest
+
+from emulator import Fault, reply_text
+
+from .conftest import emulator_config
+
+CHAT = "/api/v1/chat/completions"
+HELLO = [{"role": "user", "content": "Hello there"}]
+
+
+async def post(base: str, body: object, headers: dict[str, str] | None = None, raw: bytes | None = None):
+    async with aiohttp.ClientSession() as session:
+        data = raw if raw is not None else json.dumps(body).encode()
+        async with session.post(base + CHAT, data=data, headers=headers or {}) as response:
+            return response.status, CIMultiDict(response.headers), await response.read()
+
+
+async def get(base: str, path: str):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(base + path) as response:
+            return response.status, CIMultiDict(response.headers), await response.read()
+
+
+def assert_openai_error(status: int, body: bytes, expected_status: int, *fragments: str) -> dict:
+    assert status == expected_status, body
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    for fragment in fragments:
+        assert fragment in error["message"], error["message"]
+    return error
+
+
+async def test_dedicated_chat_returns_a_normalized_completion(gateway, emulator):
+    emu, _ = emulator
+    status, headers, body = await post(gateway, {"model": "llama-chat", "messages": HELLO})
+    assert status == 200, body
+    completion = json.loads(body)
+    assert completion["object"] == "chat.completion" and completion["model"] == "llama-chat"
+    assert completion["id"].startswith("chatcmpl-")
+    assert completion["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": "You said: Hello there"},
+         "finish_reason": "stop", "logprobs": None}
+    ]
+    [call] = emu.requests
+    assert call.path == "/score" and call.authorized and call.deployment == "llama-2-7b-chat-1"
+    assert call.body == {"input_data": {"input_string": HELLO,
+                                        "parameters": {"temperature": 0.8, "max_new_tokens": 512}}}
+    assert headers["x-request-id"]
+
+
+async def test_serverless_chat_keeps_usage_and_uses_the_gateway_model_name(gateway, emulator):
+    emu, _ = emulator
+    messages = [{"role": "system", "content": "Be brief."}, *HELLO]
+    status, _, body = await post(gateway, {"model": "mistral-large", "messages": messages})
+    assert status == 200, body
+    completion = json.loads(body)
+    assert completion["model"] == "mistral-large"
+    assert completion["choices"][0]["message"]["content"] == "You said: Be brief.\n\nHello there"
+    assert completion["usage"]["total_tokens"] == (
+        completion["usage"]["prompt_tokens"] + completion["usage"]["completion_tokens"]
+    )
+    [call] = emu.requests
+    assert call.path == "/v1/chat/completions"
+    assert call.body == {"messages": [{"role": "user", "content": "Be brief.\n\nHello there"}],
+                         "temperature": 0.7}
+
+
+async def test_request_without_model_goes_to_the_default_model(gateway, emulator):
+    status, _, body = await post(gateway, {"messages": HELLO})
+    assert status == 200 and json.loads(body)["model"] == "llama-chat"
+
+
+async def test_request_parameters_override_model_kwargs_for_that_request_only(gateway, emulator):
+    emu, _ = emulator
+    await post(gateway, {"messages": HELLO, "temperature": 0.1, "max_tokens": 2, "top_p": 0.5})
+    await post(gateway, {"messages": HELLO})
+    await post(gateway, {"model": "mistral-large", "messages": HELLO, "max_tokens": 3, "seed": 7})
+    await post(gateway, {"model": "mistral-large", "messages": HELLO})
+    first, second, third, fourth = (r.body for r in emu.requests)
+    assert first["input_data"]["parameters"] == {"temperature": 0.1, "max_new_tokens": 2, "top_p": 0.5}
+    assert second["input_data"]["parameters"] == {"temperature": 0.8, "max_new_tokens": 512}
+    assert {k: third[k] for k in ("temperature", "max_tokens", "seed")} == {"temperature": 0.7, "max_tokens": 3, "seed": 7}
+    assert "max_tokens" not in fourth and "seed" not in fourth
+
+
+async def test_length_limit_gives_finish_reason_length_on_serverless(gateway):
+    status, _, body = await post(gateway, {"model": "mistral-large", "max_tokens": 2,
+                                           "messages": [{"role": "user", "content": "one two three"}]})
+    choice = json.loads(body)["choices"][0]
+    assert status == 200 and choice == {"index": 0, "message": {"role": "assistant", "content": "You said:"},
+                                        "finish_reason": "length", "logprobs": None}
+
+
+async def test_dedicated_answers_carry_no_finish_reason_so_stop_is_reported(gateway):
+    status, _, body = await post(gateway, {"max_tokens": 2,
+                                           "messages": [{"role": "user", "content": "one two three"}]})
+    choice = json.loads(body)["choices"][0]
+    assert status == 200 and choice["message"]["content"] == "You said:" and choice["finish_reason"] == "stop"
+
+
+async def test_models_lists_every_endpoint(gateway):
+    status, headers, body = await get(gateway, "/api/v1/models")
+    assert status == 200 and headers["x-request-id"]
+    assert [m["id"] for m in json.loads(body)["data"]] == ["llama-chat", "mistral-large"]
+    assert json.loads(body)["object"] == "list"
+
+
+async def test_health_touches_no_upstream(gateway, emulator):
+    status, _, body = await get(gateway, "/api/health")
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+    assert emulator[0].requests == []
+
+
+async def test_callers_request_id_is_echoed_and_logged(gateway, caplog):
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        status, headers, _ = await post(gateway, {"model": "nope", "messages": HELLO},
+                                        headers={"x-request-id": "front-end-42"})
+    assert status == 404 and headers["x-request-id"] == "front-end-42"
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("gateway.")]
+    assert lines and all(line.startswith("[front-end-42] ") for line in lines)
+
+
+async def test_a_request_id_that_is_not_sane_is_replaced(gateway):
+    _, headers, _ = await post(gateway, {"messages": HELLO}, headers={"x-request-id": "bad id\twith spaces"})
+    assert headers["x-request-id"] != "bad id\twith spaces" and len(headers["x-request-id"]) == 32
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragments"),
+    [
+        (b"{not json", ("not valid JSON",)),
+        (b"[]", ("must be a JSON object",)),
+        (b"{}", ("messages: is required",)),
+        (b'{"messages": []}', ("messages: must contain at least one message",)),
+        (b'{"messages": [{"role": "wizard", "content": "x"}]}', ("messages[0].role", "'user'")),
+        (b'{"messages": [{"role": "user", "content": 42}]}', ("messages[0].content: must be a string",)),
+        (b'{"messages": [{"role": "user"}]}', ("messages[0]: a user message needs content",)),
+        (b'{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}', ("temperature",)),
+        (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', ("max_tokens",)),
+        (b'{"messages": "hello"}', ("messages",)),
+        (b'{"model": 7, "messages": [{"role": "user", "content": "x"}]}', ("model",)),
+    ],
+)
+async def test_bad_input_is_a_400_that_names_the_problem(gateway, emulator, raw, fragments):
+    status, headers, body = await post(gateway, None, raw=raw)
+    error = assert_openai_error(status, body, 400, *fragments)
+    assert error["type"] == "invalid_request_error" and headers["x-request-id"]
+    assert emulator[0].requests == []
+
+
+async def test_unknown_model_is_a_404_listing_the_models(gateway):
+    status, _, body = await post(gateway, {"model": "gpt-4", "messages": HELLO})
+    error = assert_openai_error(status, body, 404, "'gpt-4'", "llama-chat, mistral-large")
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+
+
+async def test_mistral_without_user_message_is_a_400(gateway, emulator):
+    status, _, body = await post(gateway, {"model": "mistral-large",
+                                           "messages": [{"role": "system", "content": "x"}]})
+    assert_openai_error(status, body, 400, "at least one user message")
+    assert emulator[0].requests == []
+
+
+async def test_oversized_body_is_a_413_before_parsing(emulator, start_gateway):
+    base = start_gateway(emulator_config(emulator[1], max_request_bytes=2048))
+    big = {"messages": [{"role": "user", "content": "x" * 4096}]}
+    status, _, body = await post(base, big)
+    assert_openai_error(status, body, 413, "2048 bytes")
+
+    async def chunks():  # no Content-Length: the limit holds while reading
+        for _ in range(8):
+            yield b" " * 1024
+
+    async with aiohttp.ClientSession() as session:
+        async with session.post(base + CHAT, data=chunks()) as response:
+            assert response.status == 413
+    assert emulator[0].requests == []
+
+
+async def test_unknown_route_and_wrong_method_are_openai_errors(gateway):
+    status, headers, body = await get(gateway, "/api/v1/nothing")
+    assert_openai_error(status, body, 404, "No route /api/v1/nothing")
+    assert headers["x-request-id"]
+    status, headers, body = await get(gateway, CHAT)
+    assert_openai_error(status, body, 405, "GET is not allowed")
+    assert "POST" in headers["allow"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "fragments"),
+    [
+        (Fault(status=500), 502, ("answered HTTP 500",)),
+        (Fault(status=502), 502, ("answered HTTP 502",)),
+        (Fault(status=503, retry_after="7"), 503, ("unavailable",)),
+        (Fault(status=504), 504, ("timed out",)),
+        (Fault(status=424), 502, ("model container failed",)),
+        (Fault(status=404), 502, ("check endpoint_url and deployment_name",)),
+        (Fault(status=422, body='{"error": {"message": "Extra inputs are not permitted"}}'), 400,
+         ("rejected the request: Extra inputs are not permitted",)),
+        (Fault(body="<html><body>Bad gateway</body></html>", content_type="text/html"), 502,
+         ("cannot read", "not JSON", "content_formatter and endpoint_api_type")),
+        (Fault(body='{"output": "trunc'), 502, ("not JSON",)),
+        (Fault(body='{"result": 1}'), 502, ('expected {"output": "..."}',)),
+        (Fault(body=""), 502, ("not JSON",)),
+    ],
+)
+async def test_upstream_failures_map_to_honest_statuses(gateway, emulator, fault, status, fragments):
+    emulator[0].add_fault(fault)
+    got, headers, body = await post(gateway, {"messages": HELLO})
+    assert_openai_error(got, body, status, "'llama-chat'", *fragments)
+    if fault.retry_after:
+        assert headers["Retry-After"] == fault.retry_after
+
+
+async def test_throttling_is_passed_on_with_retry_after(gateway, emulator):
+    emulator[0].add_fault(Fault(status=429, retry_after="12"))
+    status, headers, body = await post(gateway, {"messages": HELLO})
+    error = assert_openai_error(status, body, 429, "throttling")
+    assert headers["Retry-After"] == "12" and error["type"] == "rate_limit_error"
+
+
+async def test_upstream_hang_is_a_504_within_timeout(emulator, start_gateway):
+    config = emulator_config(emulator[1])
+    config["endpoints"][0]["timeout_s"] = 0.3
+    base = start_gateway(config)
+    emulator[0].add_fault(Fault(hang=True))
+    status, _, body = await post(base, {"messages": HELLO})
+    assert_openai_error(status, body, 504, "did not answer within its timeout_s (0.3 s)")
+
+
+async def test_unreachable_endpoint_is_a_503(emulator, start_gateway):
+    config = emulator_config("http://127.0.0.1:9")  # discard port: nothing listens
+    base = start_gateway(config)
+    status, _, body = await post(base, {"messages": HELLO})
+    error = assert_openai_error(status, body, 503, "'llama-chat' cannot be reached")
+    assert error["code"] == "upstream_unreachable"
+
+
+async def test_refused_key_is_a_502_that_leaks_no_key(emulator, start_gateway, canary_key, caplog):
+    base = start_gateway(emulator_config(emulator[1]), environ={"EMULATOR_KEY": "wrong-" + canary_key})
+    with caplog.at_level(logging.DEBUG):
+        status, headers, body = await post(base, {"messages": HELLO})
+    error = assert_openai_error(status, body, 502, "refused the gateway's credentials")
+    assert error["code"] == "upstream_auth_failed"
+    assert not emulator[0].requests[0].authorized
+    for text in (body.decode(), json.dumps(dict(headers)), caplog.text):
+        assert canary_key not in text and "Bearer" not in text
+
+
+async def test_no_key_in_any_answer_or_log_line(gateway, emulator, canary_key, caplog):
+    faults = [Fault(status=500, body='{"message": "boom"}'), Fault(status=429, retry_after="1"),
+              Fault(body="<html>"), Fault(status=401)]
+    for fault in faults:
+        emulator[0].add_fault(fault)
+    with caplog.at_level(logging.DEBUG):
+        answers = [await post(gateway, {"messages": HELLO}) for _ in range(len(faults) + 1)]
+    for _, headers, body in answers:
+        assert canary_key not in body.decode() and canary_key not in json.dumps(dict(headers))
+    assert canary_key not in caplog.text and "Authorization" not in caplog.text
+    assert reply_text(HELLO) in answers[-1][2].decode()
+
+
+async def test_a_user_formatter_serves_a_custom_score_endpoint(start_gateway, servers, canary_key):
+    from aiohttp import web
+
+    from .servers import AiohttpServer
+
+    async def score(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == f"Bearer {canary_key}"
+        data = await request.json()
+        return web.json_response({"reply": data["prompt"].upper(), "seen": data["options"]})
+
+    app = web.Application()
+    app.router.add_post("/custom/score", score)
+    server = servers.run(AiohttpServer(app).start())
+    try:
+        base = start_gateway({"endpoints": [{
+            "name": "custom", "endpoint_url": f"{server.url}/custom/score",
+            "content_formatter": "tests.custom_formatter:EchoFormatter",
+            "auth": {"type": "env", "variable": "EMULATOR_KEY"}}]})
+        status, _, body = await post(base, {"model": "custom", "messages": HELLO})
+        assert status == 200, body
+        assert json.loads(body)["choices"][0]["message"]["content"] == "HELLO THERE"
+    finally:
+        servers.run(server.stop())
+
+
+async def test_another_azure_ml_compatible_endpoint_on_another_port_needs_no_code_change(
+    servers, canary_key, start_gateway
+):
+    from emulator import Emulator
+
+    from .servers import AiohttpServer
+
+    other = Emulator(canary_key, dedicated_shape="list")
+    server = servers.run(AiohttpServer(other.app).start())
+    try:
+        base = start_gateway(emulator_config(server.url))
+        status, _, body = await post(base, {"messages": HELLO})
+        assert status == 200 and json.loads(body)["choices"][0]["message"]["content"] == "You said: Hello there"
+        assert other.requests[0].path == "/score"
+    finally:
+        servers.run(server.stop())
+
+
+async def test_stream_is_refused_clearly_until_supported(gateway):
+    status, _, body = await post(gateway, {"messages": HELLO, "stream": True})
+    assert_openai_error(status, body, 400, "stream")
