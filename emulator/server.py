@@ -106,6 +106,12 @@ class Emulator:
             f" stream_delay_s={self._stream_delay_s!r})"
         )
 
+    def rotate_key(self, key: str) -> None:
+        """Accept only `key` from now on, as after a key rotation on a real endpoint."""
+        if not key:
+            raise ValueError("key must be a non-empty string")
+        self._expected_authorization = f"Bearer {key}".encode()
+
     def add_fault(self, fault: Fault) -> None:
         """Apply a copy of ``fault`` to the next ``fault.times`` scoring requests it matches."""
         self._faults.add(fault)

@@ -105,12 +105,25 @@ class EndpointConfig(_Model):
         return self
 
 
+class CredentialSettings(_Model):
+    """How keys from Key Vault and Entra ID tokens are cached."""
+
+    #: A secret read from the vault is used this long before it is read again.
+    secret_ttl_s: float = Field(default=300.0, gt=0)
+    #: While the vault (or the identity endpoint) is down, a cached key keeps serving this long
+    #: past its TTL.
+    max_stale_s: float = Field(default=3600.0, ge=0)
+    #: The most a vault read or a token request may take, retries included.
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+
 class GatewayConfig(_Model):
     """The whole document: the endpoints and the gateway-wide settings."""
 
     default_model: str | None = None
     endpoints: list[EndpointConfig] = Field(min_length=1)
     max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
+    credentials: CredentialSettings = Field(default_factory=CredentialSettings)
 
     @model_validator(mode="after")
     def _names_are_unique_and_default_exists(self) -> GatewayConfig:

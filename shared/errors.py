@@ -100,6 +100,17 @@ class ServiceUnavailableError(GatewayError):
     code = "service_unavailable"
 
 
+class CredentialUnavailableError(ServiceUnavailableError):
+    """An endpoint's key or token cannot be had. `outage` marks a source that is down (a cached
+    value may keep serving) as opposed to one that said no (secret missing, access denied)."""
+
+    code = "credential_unavailable"
+
+    def __init__(self, message: str, *, outage: bool) -> None:
+        super().__init__(message)
+        self.outage = outage
+
+
 class UpstreamTimeoutError(GatewayError):
     status = 504
     type = "timeout"

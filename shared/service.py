@@ -47,7 +47,8 @@ class Gateway:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> Gateway:
-        return cls(load_config(environ), credentials=Credentials(environ))
+        config = load_config(environ)
+        return cls(config, credentials=Credentials(environ, config.credentials))
 
     def models(self) -> dict[str, Any]:
         return self._model_list
@@ -70,11 +71,14 @@ class Gateway:
     async def chat(self, request: ChatRequest) -> dict[str, Any]:
         """The `chat.completion` for a validated request."""
         endpoint = self.endpoint_for(request.model)
-        credential = await self._credentials.get(endpoint)
-        upstream = build_upstream_request(
-            endpoint, request.message_dicts(), request.parameters(), credential
-        )
-        response = await self._transport.post(upstream, timeout_s=endpoint.timeout_s)
+        messages, params = request.message_dicts(), request.parameters()
+        response, credential = await self._call(endpoint, messages, params)
+        if response.status in (401, 403) and self._credentials.refreshable(endpoint):
+            # The key was rotated (or the token revoked): fetch it again, once.
+            log.warning("endpoint %r refused its credential (HTTP %d); fetching it again",
+                        endpoint.name, response.status)
+            self._credentials.invalidate(endpoint, credential)
+            response, credential = await self._call(endpoint, messages, params)
         if response.status >= 400:
             error = upstream_status_error(
                 endpoint.name, response.status, response.body, response.retry_after
@@ -88,6 +92,13 @@ class Gateway:
         except Exception as exc:  # a user formatter's KeyError on an unexpected shape, say
             raise self._unreadable(endpoint, response, f"{type(exc).__name__} in the formatter") from None
         return chat_completion(result, model=endpoint.name)
+
+    async def _call(
+        self, endpoint: EndpointConfig, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> tuple[UpstreamResponse, str]:
+        credential = await self._credentials.get(endpoint)
+        upstream = build_upstream_request(endpoint, messages, params, credential)
+        return await self._transport.post(upstream, timeout_s=endpoint.timeout_s), credential
 
     @staticmethod
     def _unreadable(endpoint: EndpointConfig, response: UpstreamResponse, reason: str) -> ResponseFormatError:

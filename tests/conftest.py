@@ -77,9 +77,10 @@ def start_gateway(servers: BackgroundLoop, canary_key: str) -> Iterator[GatewayF
     """Start a gateway (local server) for a configuration; returns its base URL."""
     started: list[UvicornServer] = []
 
-    def start(config: dict[str, Any], environ: dict[str, str] | None = None) -> str:
+    def start(config: dict[str, Any], environ: dict[str, str] | None = None, **options: Any) -> str:
         env = {"GATEWAY_CONFIG": json.dumps(config), "EMULATOR_KEY": canary_key, **(environ or {})}
-        gateway = Gateway(load_config(env), credentials=Credentials(env))
+        loaded = load_config(env)
+        gateway = Gateway(loaded, credentials=Credentials(env, loaded.credentials, **options))
         server = servers.run(UvicornServer(build_app(GatewayApi(gateway))).start())
         started.append(server)
         return server.url

@@ -7,6 +7,7 @@ talk to the same servers over real sockets.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -35,15 +36,16 @@ class BackgroundLoop:
 class AiohttpServer:
     """An aiohttp application (the emulator) on 127.0.0.1 and a free port."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, ssl_context: ssl.SSLContext | None = None) -> None:
         self.app = app
+        self._ssl_context = ssl_context
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     async def start(self) -> AiohttpServer:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl_context)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self
@@ -54,7 +56,8 @@ class AiohttpServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
 
 class UvicornServer:

@@ -28,19 +28,23 @@ def start_uvicorn(env: dict[str, str], port: int) -> subprocess.Popen:
     )
 
 
+def wait_until_serving(process: subprocess.Popen, port: int, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1).close()
+            return
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+            time.sleep(0.05)
+
+
 def test_uvicorn_factory_serves_the_configuration_from_the_environment(emulator, canary_key):
     port = free_port()
     env = {"GATEWAY_CONFIG": json.dumps(emulator_config(emulator[1])), "EMULATOR_KEY": canary_key}
     process = start_uvicorn(env, port)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-                time.sleep(0.05)
+        wait_until_serving(process, port)
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/api/v1/chat/completions",
             data=json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode(),
