@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from .errors import InvalidRequestError, ResponseFormatError
 
 
-class ApiType(str, Enum):
+class ApiType(StrEnum):
     """How an endpoint is called: `dedicated` (managed online endpoint, `/score`) or
     `serverless` (pay-as-you-go, OpenAI-compatible `/v1/chat/completions`)."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import aiohttp
@@ -65,7 +64,7 @@ class Transport:
                     response.headers.get("Content-Type", ""),
                     response.headers.get("Retry-After"),
                 )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamTimeoutError(
                 f"endpoint {name!r} did not answer within its timeout_s ({timeout_s:g} s)"
             ) from None

@@ -6,8 +6,8 @@ import json
 import logging
 
 import aiohttp
-from multidict import CIMultiDict
 import pytest
+from multidict import CIMultiDict
 
 from emulator import Fault, reply_text
 
