@@ -54,22 +54,37 @@ async def main() -> dict:
     vault.port = vault_server.port
     upstream = await AiohttpServer(Emulator(KEY).app).start()
 
-    env = {"IDENTITY_ENDPOINT": f"{identity_server.url}/msi/token", "IDENTITY_HEADER": identity.header_secret,
-           "KEY_VAULT_URL": vault_server.url + "/", "BENCH_KEY": KEY}
+    env = {
+        "IDENTITY_ENDPOINT": f"{identity_server.url}/msi/token",
+        "IDENTITY_HEADER": identity.header_secret,
+        "KEY_VAULT_URL": vault_server.url + "/",
+        "BENCH_KEY": KEY,
+    }
     os.environ.update(env)
-    config = {"endpoints": [
-        {"name": "vault", "endpoint_url": f"{upstream.url}/score",
-         "auth": {"type": "key_vault", "secret_name": "bench-key"}},
-        {"name": "env", "endpoint_url": f"{upstream.url}/score",
-         "auth": {"type": "env", "variable": "BENCH_KEY"}},
-    ]}
+    config = {
+        "endpoints": [
+            {
+                "name": "vault",
+                "endpoint_url": f"{upstream.url}/score",
+                "auth": {"type": "key_vault", "secret_name": "bench-key"},
+            },
+            {
+                "name": "env",
+                "endpoint_url": f"{upstream.url}/score",
+                "auth": {"type": "env", "variable": "BENCH_KEY"},
+            },
+        ]
+    }
     env["GATEWAY_CONFIG"] = json.dumps(config)
     loaded = load_config(env)
-    credentials = Credentials(env, loaded.credentials, secret_client_options={"connection_verify": str(ca_file)})
+    credentials = Credentials(
+        env, loaded.credentials, secret_client_options={"connection_verify": str(ca_file)}
+    )
     gateway = await UvicornServer(build_app(GatewayApi(Gateway(loaded, credentials=credentials)))).start()
     url = gateway.url + "/api/v1/chat/completions"
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY)) as session:
+
         async def call(model: str) -> float:
             started = time.perf_counter()
             async with session.post(url, json={**BODY, "model": model}) as response:
@@ -103,9 +118,16 @@ async def main() -> dict:
         return round(statistics.quantiles(values, n=100)[q - 1], 3)
 
     return {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "requests": REQUESTS, "concurrency": CONCURRENCY, "seconds": round(burst_s, 2),
-        "vault_reads": reads, "token_requests": tokens,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "requests": REQUESTS,
+        "concurrency": CONCURRENCY,
+        "seconds": round(burst_s, 2),
+        "vault_reads": reads,
+        "token_requests": tokens,
         "vault_reads_per_1000_requests": round(reads * 1000 / REQUESTS, 2),
         "warm_latency_ms": {m: {"p50": p(v, 50), "p90": p(v, 90), "n": len(v)} for m, v in latencies.items()},
     }
@@ -113,15 +135,21 @@ async def main() -> dict:
 
 def markdown(result: dict) -> str:
     warm = result["warm_latency_ms"]
-    return "\n".join([
-        "| measure | value |", "| --- | --- |",
-        f"| requests, concurrency | {result['requests']}, {result['concurrency']} (cold start) |",
-        f"| Key Vault reads | {result['vault_reads']} ({result['vault_reads_per_1000_requests']} per 1,000 requests) |",
-        f"| identity token requests | {result['token_requests']} |",
-        f"| warm latency p50 / p90, key from the cache (ms) | {warm['vault']['p50']} / {warm['vault']['p90']} |",
-        f"| warm latency p50 / p90, key from the environment (ms) | {warm['env']['p50']} / {warm['env']['p90']} |",
-        f"| machine | {result['machine']['cpus']} CPUs, Python {result['machine']['python']} |",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                "| measure | value |",
+                "| --- | --- |",
+                f"| requests, concurrency | {result['requests']}, {result['concurrency']} (cold start) |",
+                f"| Key Vault reads | {result['vault_reads']} ({result['vault_reads_per_1000_requests']} per 1,000 requests) |",
+                f"| identity token requests | {result['token_requests']} |",
+                f"| warm latency p50 / p90, key from the cache (ms) | {warm['vault']['p50']} / {warm['vault']['p90']} |",
+                f"| warm latency p50 / p90, key from the environment (ms) | {warm['env']['p50']} / {warm['env']['p90']} |",
+                f"| machine | {result['machine']['cpus']} CPUs, Python {result['machine']['python']} |",
+            ]
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

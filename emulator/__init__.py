@@ -2,7 +2,9 @@
 
 Both protocols the gateway talks to are served: *dedicated* managed online endpoints
 (``POST .../score``) and *serverless* OpenAI-compatible ones (``POST .../v1/chat/completions``,
-optionally streamed). Answers are deterministic echoes (see :func:`reply_text`), and
+optionally streamed; also at Azure AI Foundry's ``POST .../models/chat/completions``).
+Answers are deterministic echoes (see :func:`reply_text`), or, when a serverless request
+offers ``tools``, a deterministic call of one of them (see :class:`ToolCall`);
 :class:`Fault` scripts errors, latency, hangs, malformed bodies and broken streams.
 
 In-process::
@@ -14,7 +16,7 @@ Out of process: ``EMULATOR_KEY=... python -m emulator --port 7072``.
 """
 
 from .faults import Fault
-from .replies import reply_text
+from .replies import ToolCall, reply_text
 from .server import Emulator, RecordedRequest
 
-__all__ = ["Emulator", "Fault", "RecordedRequest", "reply_text"]
+__all__ = ["Emulator", "Fault", "RecordedRequest", "ToolCall", "reply_text"]

@@ -34,13 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def announce(_default_banner: str) -> None:
         # Called by run_app once the socket is listening.
-        print(
-            f"emulator listening on {where} (dedicated shape: {args.dedicated_shape})", flush=True
-        )
+        print(f"emulator listening on {where} (dedicated shape: {args.dedicated_shape})", flush=True)
 
-    web.run_app(
-        emulator.app, host=args.host, port=args.port, backlog=2048, access_log=None, print=announce
-    )
+    web.run_app(emulator.app, host=args.host, port=args.port, backlog=2048, access_log=None, print=announce)
     return 0
 
 
@@ -48,9 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m emulator", description="Azure ML online endpoint emulator."
     )
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
-    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help="port to listen on (default: %(default)s)"
     )

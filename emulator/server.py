@@ -78,13 +78,12 @@ class Emulator:
     """An in-process imitation of Azure ML online endpoints (dedicated and serverless).
 
     ``app`` serves both protocols behind the Bearer ``key``; ``requests`` records every
-    scoring request in arrival order; ``add_fault`` scripts misbehaviour for the next ones.
+    scoring request in arrival order; ``add_fault`` scripts misbehaviour for the next ones;
+    ``open_streams`` counts the streamed answers being written right now.
     All state lives on the event loop that runs ``app``: touch it from that loop only.
     """
 
-    def __init__(
-        self, key: str, *, dedicated_shape: str = "output", stream_delay_s: float = 0.0
-    ) -> None:
+    def __init__(self, key: str, *, dedicated_shape: str = "output", stream_delay_s: float = 0.0) -> None:
         if not key:
             raise ValueError("key must be a non-empty string")
         if dedicated_shape not in DEDICATED_SHAPES:
@@ -96,15 +95,23 @@ class Emulator:
         self._dedicated_shape = cast(DedicatedShape, dedicated_shape)
         self._stream_delay_s = stream_delay_s
         self._faults = FaultQueue()
+        self._open_streams = 0
         self.requests: list[RecordedRequest] = []
         self.app = self._build_app()
 
     def __repr__(self) -> str:
         # Deliberately not the dataclass-style repr of every attribute: the key stays out.
-        return (
-            f"Emulator(dedicated_shape={self._dedicated_shape!r},"
-            f" stream_delay_s={self._stream_delay_s!r})"
-        )
+        return f"Emulator(dedicated_shape={self._dedicated_shape!r}, stream_delay_s={self._stream_delay_s!r})"
+
+    @property
+    def open_streams(self) -> int:
+        """How many streamed (SSE) answers are being written right now.
+
+        A stream counts from the moment its handler starts it until it ends for any reason:
+        ``[DONE]`` written, cut by a ``break_stream_after`` fault, or the client gone (noticed
+        before each event, so within one ``stream_delay_s`` of the disconnect).
+        """
+        return self._open_streams
 
     def rotate_key(self, key: str) -> None:
         """Accept only `key` from now on, as after a key rotation on a real endpoint."""
@@ -131,7 +138,13 @@ class Emulator:
         app.router.add_post("/_emulator/faults", self._add_faults)
         for path in ("/score", "/{prefix:.*}/score"):
             app.router.add_post(path, self._score)
-        for path in ("/v1/chat/completions", "/{prefix:.*}/v1/chat/completions"):
+        # Serverless, at the OpenAI-style path and at Azure AI Foundry's unified one.
+        for path in (
+            "/v1/chat/completions",
+            "/{prefix:.*}/v1/chat/completions",
+            "/models/chat/completions",
+            "/{prefix:.*}/models/chat/completions",
+        ):
             app.router.add_post(path, self._chat_completions)
         return app
 
@@ -219,9 +232,7 @@ class Emulator:
         completion_id, created = _completion_id(), _now()
         if not call.stream:
             return web.json_response(
-                chat_completion(
-                    reply, completion_id=completion_id, created=created, model=call.model
-                )
+                chat_completion(reply, completion_id=completion_id, created=created, model=call.model)
             )
         events = stream_events(
             reply,
@@ -237,19 +248,25 @@ class Emulator:
         self, request: web.Request, events: list[bytes], *, break_after: int | None
     ) -> web.StreamResponse:
         """Send ``events`` then ``[DONE]``; with ``break_after``, drop the connection after
-        that many events instead."""
+        that many events instead. Stops early, without error, once the client has gone.
+        Counted in ``open_streams`` for its whole duration."""
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
-        await response.prepare(request)
         if break_after is not None:
             events = events[:break_after]
         else:
             events = [*events, DONE_EVENT]
+        self._open_streams += 1
         try:
+            await response.prepare(request)
             for index, event in enumerate(events):
                 if index and self._stream_delay_s:
                     await asyncio.sleep(self._stream_delay_s)
+                # aiohttp does not cancel the handler when the client leaves (outside
+                # TestServer), so look before each write rather than stream into the void.
+                if _client_gone(request):
+                    return response
                 # One write per event: aiohttp sends each as its own chunk, so clients see
                 # the stream progress instead of one buffered blob.
                 await response.write(event)
@@ -258,7 +275,9 @@ class Emulator:
                 return response
             await response.write_eof()
         except ConnectionError:
-            pass  # the client went away mid-stream; there is no one left to answer
+            pass  # the client went away mid-write; there is no one left to answer
+        finally:
+            self._open_streams -= 1
         return response
 
 
@@ -283,10 +302,7 @@ def _record(request: web.Request, raw_body: bytes, body: Any, authorized: bool) 
 
 
 def _redacted(values: Mapping[str, str]) -> dict[str, str]:
-    return {
-        name: REDACTED if name.lower() in SENSITIVE_NAMES else value
-        for name, value in values.items()
-    }
+    return {name: REDACTED if name.lower() in SENSITIVE_NAMES else value for name, value in values.items()}
 
 
 def _json_or_none(raw_body: bytes) -> Any:
@@ -312,9 +328,7 @@ async def _apply_fault(request: web.Request, fault: Fault) -> web.StreamResponse
     headers = {"Content-Type": fault.content_type}
     if fault.retry_after is not None:
         headers["Retry-After"] = fault.retry_after
-    return web.Response(
-        status=status, body=body.encode() if isinstance(body, str) else body, headers=headers
-    )
+    return web.Response(status=status, body=body.encode() if isinstance(body, str) else body, headers=headers)
 
 
 def _default_fault_body(status: int) -> bytes:
@@ -324,9 +338,7 @@ def _default_fault_body(status: int) -> bytes:
         code = HTTPStatus(status).phrase.replace(" ", "")
     except ValueError:
         code = "Error"
-    return json.dumps(
-        {"error": {"code": code, "message": f"emulated fault: HTTP {status}"}}
-    ).encode()
+    return json.dumps({"error": {"code": code, "message": f"emulated fault: HTTP {status}"}}).encode()
 
 
 async def _wait_for_disconnect(request: web.Request, limit_s: float) -> None:
@@ -335,10 +347,15 @@ async def _wait_for_disconnect(request: web.Request, limit_s: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
     while loop.time() < deadline:
-        transport = request.transport
-        if transport is None or transport.is_closing():
+        if _client_gone(request):
             return
         await asyncio.sleep(_HANG_POLL_S)
+
+
+def _client_gone(request: web.Request) -> bool:
+    """Whether the connection ``request`` came on is closed or closing."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _drop_connection(request: web.Request) -> None:

@@ -48,14 +48,31 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     children: list[subprocess.Popen] = []
     try:
-        children.append(subprocess.Popen(
-            [sys.executable, "-m", "emulator", "--port", str(EMULATOR_PORT)], cwd=ROOT, env=env))
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "emulator", "--port", str(EMULATOR_PORT)], cwd=ROOT, env=env
+            )
+        )
         wait_until_up(f"http://127.0.0.1:{EMULATOR_PORT}/_emulator/health", children[0])
         print(TRY_IT, flush=True)
-        children.append(subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "shared.asgi:create_app",
-             "--host", "127.0.0.1", "--port", str(GATEWAY_PORT), "--no-access-log"],
-            cwd=ROOT, env=env))
+        children.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    "shared.asgi:create_app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(GATEWAY_PORT),
+                    "--no-access-log",
+                ],
+                cwd=ROOT,
+                env=env,
+            )
+        )
         sys.exit(children[1].wait())
     except KeyboardInterrupt:
         pass

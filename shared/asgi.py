@@ -13,16 +13,22 @@ import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from .errors import GatewayError, MethodNotAllowedError, NotFoundError
 from .http import REQUEST_ID_HEADER, GatewayApi, error_response
 from .logs import bind_request_id
+
+#: The example front-end: streams an answer with plain fetch and SSE parsing.
+CHAT_PAGE = Path(__file__).parent / "web" / "chat.html"
 
 
 def create_app(environ: Mapping[str, str] | None = None) -> Starlette:
@@ -38,12 +44,35 @@ def build_app(api: GatewayApi) -> Starlette:
         yield
         await api.aclose()
 
+    chat_page = HTMLResponse(CHAT_PAGE.read_bytes())
+
+    async def chat(request: Request) -> Response:
+        return chat_page
+
+    cors = api.gateway.config.cors
+    middleware = (
+        [
+            Middleware(
+                CORSMiddleware,
+                allow_origins=cors.allowed_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["*"],
+                allow_credentials=cors.allow_credentials,
+                expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+                max_age=cors.max_age_s,
+            )
+        ]
+        if cors.allowed_origins
+        else []
+    )
     return Starlette(
         routes=[
             Route("/api/v1/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/api/v1/models", api.models, methods=["GET"]),
             Route("/api/health", api.health, methods=["GET"]),
+            Route("/", chat, methods=["GET"]),
         ],
+        middleware=middleware,
         exception_handlers={HTTPException: _routing_error},
         lifespan=lifespan,
     )

@@ -57,8 +57,11 @@ class ExpiringCache:
             now = self._clock()
             if not (exc.outage and entry is not None and now < entry.usable_until):
                 raise
-            log.warning("%s; serving the cached value for %s more seconds at most",
-                        exc.message, int(entry.usable_until - now))
+            log.warning(
+                "%s; serving the cached value for %s more seconds at most",
+                exc.message,
+                int(entry.usable_until - now),
+            )
             self._entries[name] = replace(entry, refresh_at=min(now + OUTAGE_RETRY_S, entry.usable_until))
             return entry.value
 

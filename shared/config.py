@@ -117,6 +117,36 @@ class CredentialSettings(_Model):
     timeout_s: float = Field(default=10.0, gt=0, le=120)
 
 
+class StreamingSettings(_Model):
+    """How `"stream": true` answers are paced."""
+
+    #: A keep-alive comment is sent when nothing else was sent for this long.
+    keepalive_s: float = Field(default=15.0, gt=0)
+    #: A stream that lasts longer ends with an error event (Azure's front ends cut HTTP
+    #: responses at about 230 s on Consumption plans).
+    max_duration_s: float = Field(default=220.0, gt=0)
+
+
+class CorsSettings(_Model):
+    """Browser origins the local server answers with CORS headers (in Azure, the platform's
+    CORS setting applies instead)."""
+
+    allowed_origins: list[str] = Field(default_factory=list)
+    allow_credentials: bool = False
+    max_age_s: int = Field(default=600, ge=0)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_are_explicit(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin == "*":
+                raise ValueError("'*' is not allowed: list the front-ends' origins")
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+                raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
+        return [origin.rstrip("/") for origin in origins]
+
+
 class GatewayConfig(_Model):
     """The whole document: the endpoints and the gateway-wide settings."""
 
@@ -124,6 +154,8 @@ class GatewayConfig(_Model):
     endpoints: list[EndpointConfig] = Field(min_length=1)
     max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
     credentials: CredentialSettings = Field(default_factory=CredentialSettings)
+    streaming: StreamingSettings = Field(default_factory=StreamingSettings)
+    cors: CorsSettings = Field(default_factory=CorsSettings)
 
     @model_validator(mode="after")
     def _names_are_unique_and_default_exists(self) -> GatewayConfig:
@@ -165,8 +197,7 @@ def load_formatter(name: str) -> type[ContentFormatterBase]:
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, ContentFormatterBase)):
         raise ValueError(
-            f"content_formatter {name!r} must name a subclass of "
-            "shared.formatters.ContentFormatterBase"
+            f"content_formatter {name!r} must name a subclass of shared.formatters.ContentFormatterBase"
         )
     return cls
 
@@ -185,18 +216,26 @@ def _check_url(url: str, api_type: str) -> str:
         )
     expected = _EXPECTED_PATH[api_type]
     if parts.path in ("", "/"):
-        raise ValueError(f"{url!r} has no path; a {api_type} endpoint URL ends in {expected}: "
-                         f"use {url}{expected}")
+        raise ValueError(
+            f"{url!r} has no path; a {api_type} endpoint URL ends in {expected}: use {url}{expected}"
+        )
     if api_type == "serverless":
         if parts.path.endswith("/score"):
-            raise ValueError(f"{url!r} is a /score URL; set endpoint_api_type to 'dedicated' "
-                             "or use the endpoint's /v1/chat/completions URL")
+            raise ValueError(
+                f"{url!r} is a /score URL; set endpoint_api_type to 'dedicated' "
+                "or use the endpoint's /v1/chat/completions URL"
+            )
         if not parts.path.endswith("/chat/completions"):
-            raise ValueError(f"a serverless endpoint URL ends in /v1/chat/completions "
-                             f"(or /models/chat/completions on Azure AI Foundry); got {url!r}")
+            raise ValueError(
+                f"a serverless endpoint URL ends in /v1/chat/completions "
+                f"(or /models/chat/completions on Azure AI Foundry); got {url!r}"
+            )
     elif not parts.path.endswith("/score"):
-        hint = ("; for an OpenAI-compatible /chat/completions URL set endpoint_api_type to "
-                "'serverless'" if parts.path.endswith("/chat/completions") else "")
+        hint = (
+            "; for an OpenAI-compatible /chat/completions URL set endpoint_api_type to 'serverless'"
+            if parts.path.endswith("/chat/completions")
+            else ""
+        )
         raise ValueError(f"a dedicated endpoint URL ends in /score; got {url!r}{hint}")
     return url
 
@@ -230,7 +269,9 @@ def parse_config(document: str | bytes, *, source: str = "GATEWAY_CONFIG") -> Ga
         if replacement:
             logger.warning(
                 "endpoint %r: %s is deprecated; use %s (same behaviour)",
-                endpoint.name, endpoint.content_formatter, replacement,
+                endpoint.name,
+                endpoint.content_formatter,
+                replacement,
             )
     return config
 
@@ -261,13 +302,18 @@ def _check_environment(config: GatewayConfig, environ: Mapping[str, str]) -> Non
         where = f"endpoints[{i}] ({endpoint.name!r}).auth"
         auth = endpoint.auth
         if isinstance(auth, KeyVaultAuth) and not environ.get("KEY_VAULT_URL"):
-            raise ConfigError(f"{where}: type 'key_vault' needs the app setting KEY_VAULT_URL "
-                              "(the vault's URI, e.g. https://<vault>.vault.azure.net/)")
+            raise ConfigError(
+                f"{where}: type 'key_vault' needs the app setting KEY_VAULT_URL "
+                "(the vault's URI, e.g. https://<vault>.vault.azure.net/)"
+            )
         if isinstance(auth, EnvAuth):
             if not environ.get(auth.variable):
                 raise ConfigError(f"{where}: the environment variable {auth.variable} is not set")
-            logger.warning("endpoint %r takes its key from the environment variable %s: "
-                           "for local development only", endpoint.name, auth.variable)
+            logger.warning(
+                "endpoint %r takes its key from the environment variable %s: for local development only",
+                endpoint.name,
+                auth.variable,
+            )
 
 
 def _describe(exc: ValidationError, data: Any) -> str:

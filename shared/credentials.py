@@ -112,7 +112,9 @@ class KeyVaultKeys:
                 outage=False,
             ) from None
         except ClientAuthenticationError as exc:
-            raise self._unavailable(where, "the app's identity could not get a token for the vault", exc) from None
+            raise self._unavailable(
+                where, "the app's identity could not get a token for the vault", exc
+            ) from None
         except HttpResponseError as exc:
             if exc.status_code == 403:
                 raise CredentialUnavailableError(
@@ -122,7 +124,11 @@ class KeyVaultKeys:
                 ) from None
             raise self._unavailable(where, f"the vault answered HTTP {exc.status_code}", exc) from None
         except TimeoutError as exc:
-            raise self._unavailable(where, f"neither the vault nor the app's identity answered within {self._settings.timeout_s:g} s", exc) from None
+            raise self._unavailable(
+                where,
+                f"neither the vault nor the app's identity answered within {self._settings.timeout_s:g} s",
+                exc,
+            ) from None
         except ValueError:  # azure-keyvault-secrets' challenge-resource verification
             raise CredentialUnavailableError(
                 f"cannot read the {where}: the vault's authentication challenge names a domain "
@@ -223,8 +229,12 @@ class Credentials:
         if self._azure_credential is None:
             self._azure_credential = azure_credential(self._environ)
         if auth_type == "key_vault":
-            return KeyVaultKeys(self._environ["KEY_VAULT_URL"], self._azure_credential,
-                                self._settings, self._secret_client_options)
+            return KeyVaultKeys(
+                self._environ["KEY_VAULT_URL"],
+                self._azure_credential,
+                self._settings,
+                self._secret_client_options,
+            )
         return EntraTokens(self._azure_credential, self._settings)
 
     async def get(self, endpoint: EndpointConfig) -> str:
@@ -244,4 +254,3 @@ class Credentials:
         if self._azure_credential is not None:
             await self._azure_credential.close()
             self._azure_credential = None
-

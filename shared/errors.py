@@ -136,25 +136,31 @@ def upstream_status_error(
     detail = _upstream_message(body)
     throttle_headers = {"Retry-After": retry_after} if retry_after else None
     if status in (400, 422):
-        return InvalidRequestError(f"{said}: the endpoint rejected the request{detail}",
-                                   code="upstream_rejected_request")
+        return InvalidRequestError(
+            f"{said}: the endpoint rejected the request{detail}", code="upstream_rejected_request"
+        )
     if status in (401, 403):
-        return UpstreamError(f"{said}: it refused the gateway's credentials; check this "
-                             "endpoint's auth (key or role) in the gateway configuration",
-                             code="upstream_auth_failed")
+        return UpstreamError(
+            f"{said}: it refused the gateway's credentials; check this "
+            "endpoint's auth (key or role) in the gateway configuration",
+            code="upstream_auth_failed",
+        )
     if status == 404:
-        return UpstreamError(f"{said}: check endpoint_url and deployment_name{detail}",
-                             code="upstream_not_found")
+        return UpstreamError(
+            f"{said}: check endpoint_url and deployment_name{detail}", code="upstream_not_found"
+        )
     if status == 408 or status == 504:
         return UpstreamTimeoutError(f"{said}: it timed out{detail}")
     if status == 413:
         return RequestTooLargeError(f"{said}: the request is too large for it{detail}")
     if status == 429:
-        return UpstreamThrottledError(f"{said}: it is throttling requests; retry later{detail}",
-                                      headers=throttle_headers)
+        return UpstreamThrottledError(
+            f"{said}: it is throttling requests; retry later{detail}", headers=throttle_headers
+        )
     if status == 503:
-        return ServiceUnavailableError(f"{said}: it is unavailable{detail}",
-                                       code="upstream_unavailable", headers=throttle_headers)
+        return ServiceUnavailableError(
+            f"{said}: it is unavailable{detail}", code="upstream_unavailable", headers=throttle_headers
+        )
     if status == 424:
         return UpstreamError(f"{said}: its model container failed{detail}")
     return UpstreamError(f"{said}{detail}")

@@ -89,6 +89,15 @@ class ContentFormatterBase:
 
 
 _OPENAI_LENGTH_PARAMS = ("max_tokens", "max_completion_tokens")
+#: OpenAI parameters that `/score`'s input_data has no way to carry.
+_NOT_FOR_SCORE = (
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+)
 
 
 class CustomOpenAIChatContentFormatter(ContentFormatterBase):
@@ -100,7 +109,14 @@ class CustomOpenAIChatContentFormatter(ContentFormatterBase):
     """
 
     def format_request_parameters(self, params: dict[str, Any], api_type: ApiType) -> dict[str, Any]:
-        if api_type is ApiType.SERVERLESS or not any(k in params for k in _OPENAI_LENGTH_PARAMS):
+        if api_type is ApiType.SERVERLESS:
+            return params
+        for name in _NOT_FOR_SCORE:
+            if name in params:
+                raise _cannot_express(type(self).__name__, name)
+        if params.get("n", 1) != 1:
+            raise _cannot_express(type(self).__name__, "n")
+        if not any(k in params for k in _OPENAI_LENGTH_PARAMS):
             return params
         # Azure ML's chat-completion containers read the length limit as max_new_tokens.
         params = dict(params)
@@ -163,6 +179,15 @@ class MistralChatContentFormatter(CustomOpenAIChatContentFormatter):
                 message = {**message, "content": _prepend_text(system_text, message.get("content"))}
             merged.append(message)
         return merged
+
+
+def _cannot_express(formatter: str, name: str) -> InvalidRequestError:
+    what = "n > 1" if name == "n" else name
+    return InvalidRequestError(
+        f"{name}: a dedicated endpoint (/score) cannot take {what} with {formatter}; "
+        "use a serverless endpoint, or a content formatter of your own that supports it",
+        param=name,
+    )
 
 
 def _text_of(message: dict[str, Any]) -> str:

@@ -8,15 +8,16 @@ Every response carries `x-request-id`; every failure is an OpenAI error body.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .chat import parse_chat_request
 from .errors import INTERNAL_ERROR_BODY, GatewayError, InvalidRequestError, RequestTooLargeError
 from .logs import bind_request_id, get_logger
 from .service import Gateway
+from .streaming import SSE_HEADERS
 
 log = get_logger("gateway.http")
 
@@ -51,15 +52,21 @@ class GatewayApi:
     async def _chat_completions(self, request: Request) -> Response:
         body = await read_body(request, self._max_request_bytes)
         chat = parse_chat_request(body)
-        if chat.stream:
-            raise InvalidRequestError(
-                "stream: streaming is not available yet; send the request without stream=true",
-                param="stream",
-            )
-        return JSONResponse(await self.gateway.chat(chat))
+        if not chat.stream:
+            return JSONResponse(await self.gateway.chat(chat))
+        events = self.gateway.chat_stream(chat)
+        # Failures before the first event still get their status code and a JSON error.
+        first = await anext(events)
+        return StreamingResponse(_prepend(first, events), media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def _models(self, request: Request) -> Response:
         return JSONResponse(self.gateway.models())
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for item in rest:
+        yield item
 
 
 async def _health(request: Request) -> Response:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
 
-from .errors import ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
+from .errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
 from .routing import UpstreamRequest
 
 USER_AGENT = "azureml-chat-gateway/0.1"
@@ -20,6 +22,30 @@ class UpstreamResponse:
     retry_after: str | None
 
 
+class UpstreamStream:
+    """An endpoint's answer whose body is read as it arrives."""
+
+    def __init__(self, response: aiohttp.ClientResponse, endpoint: str, read_timeout_s: float) -> None:
+        self._response = response
+        self._endpoint = endpoint
+        self._read_timeout_s = read_timeout_s
+        self.status = response.status
+        self.content_type = response.headers.get("Content-Type", "")
+        self.retry_after = response.headers.get("Retry-After")
+
+    async def read(self) -> UpstreamResponse:
+        """The whole body (for an error answer, or an endpoint that did not stream)."""
+        body = await _mapped(self._response.read(), self._endpoint, self._read_timeout_s)
+        return UpstreamResponse(self.status, body, self.content_type, self.retry_after)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except Exception as exc:
+            raise _error(exc, self._endpoint, self._read_timeout_s, streaming=True) from None
+
+
 class Transport:
     """Sends upstream requests over one shared connection pool.
 
@@ -31,7 +57,7 @@ class Transport:
         self._connection_limit = connection_limit
         self._connect_timeout_s = connect_timeout_s
         self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._timeouts: dict[tuple[float, bool], aiohttp.ClientTimeout] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -41,47 +67,72 @@ class Transport:
             )
         return self._session
 
-    def _timeout(self, total_s: float) -> aiohttp.ClientTimeout:
-        timeout = self._timeouts.get(total_s)
+    def _timeout(self, timeout_s: float, streaming: bool) -> aiohttp.ClientTimeout:
+        """A whole call bounded by `timeout_s`; a stream by `timeout_s` between two reads."""
+        timeout = self._timeouts.get((timeout_s, streaming))
         if timeout is None:
-            timeout = aiohttp.ClientTimeout(
-                total=total_s, sock_connect=min(total_s, self._connect_timeout_s)
+            connect = min(timeout_s, self._connect_timeout_s)
+            timeout = (
+                aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=timeout_s)
+                if streaming
+                else aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect)
             )
-            self._timeouts[total_s] = timeout
+            self._timeouts[(timeout_s, streaming)] = timeout
         return timeout
 
     async def post(self, request: UpstreamRequest, *, timeout_s: float) -> UpstreamResponse:
         """POST the request and read the whole answer, whatever its status."""
-        name = request.endpoint
+        async with self.stream(request, timeout_s=timeout_s, streaming=False) as response:
+            return await response.read()
+
+    @asynccontextmanager
+    async def stream(
+        self, request: UpstreamRequest, *, timeout_s: float, streaming: bool = True
+    ) -> AsyncIterator[UpstreamStream]:
+        """POST the request; the answer's status and headers, its body to be read as it comes.
+        Leaving the block releases the connection, or closes it if the body was not read."""
+        opened = self._client().post(
+            request.url,
+            data=request.body,
+            headers=request.headers,
+            timeout=self._timeout(timeout_s, streaming),
+        )
+        response = await _mapped(opened, request.endpoint, timeout_s)
         try:
-            async with self._client().post(
-                request.url, data=request.body, headers=request.headers, timeout=self._timeout(timeout_s)
-            ) as response:
-                body = await response.read()
-                return UpstreamResponse(
-                    response.status,
-                    body,
-                    response.headers.get("Content-Type", ""),
-                    response.headers.get("Retry-After"),
-                )
-        except TimeoutError:
-            raise UpstreamTimeoutError(
-                f"endpoint {name!r} did not answer within its timeout_s ({timeout_s:g} s)"
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise ServiceUnavailableError(
-                f"endpoint {name!r} cannot be reached ({_reason(exc)})", code="upstream_unreachable"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"endpoint {name!r} broke the connection ({type(exc).__name__})",
-                code="upstream_connection_error",
-            ) from None
+            yield UpstreamStream(response, request.endpoint, timeout_s)
+        finally:
+            response.release()
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _mapped(awaitable, endpoint: str, timeout_s: float):  # type: ignore[no-untyped-def]
+    try:
+        return await awaitable
+    except Exception as exc:
+        raise _error(exc, endpoint, timeout_s, streaming=False) from None
+
+
+def _error(exc: Exception, endpoint: str, timeout_s: float, *, streaming: bool) -> Exception:
+    """The gateway error for a transport failure; anything else is returned as it was."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        what = "sent nothing for" if streaming else "did not answer within"
+        return UpstreamTimeoutError(f"endpoint {endpoint!r} {what} its timeout_s ({timeout_s:g} s)")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ServiceUnavailableError(
+            f"endpoint {endpoint!r} cannot be reached ({_reason(exc)})", code="upstream_unreachable"
+        )
+    if isinstance(exc, aiohttp.ClientError):
+        what = "broke the stream" if streaming else "broke the connection"
+        return UpstreamError(
+            f"endpoint {endpoint!r} {what} ({type(exc).__name__})", code="upstream_connection_error"
+        )
+    return exc
 
 
 def _reason(exc: aiohttp.ClientConnectorError) -> str:

@@ -45,13 +45,15 @@ class FakeIdentityEndpoint:
             return web.json_response({"error": "bad identity header"}, status=401)
         resource = request.query["resource"]
         self.token_requests.append(resource)
-        return web.json_response({
-            "access_token": self.token_for(resource),
-            "expires_on": str(int(time.time()) + self.token_lifetime_s),
-            "resource": resource,
-            "token_type": "Bearer",
-            "client_id": request.query.get("client_id", "system-assigned"),
-        })
+        return web.json_response(
+            {
+                "access_token": self.token_for(resource),
+                "expires_on": str(int(time.time()) + self.token_lifetime_s),
+                "resource": resource,
+                "token_type": "Bearer",
+                "client_id": request.query.get("client_id", "system-assigned"),
+            }
+        )
 
 
 @dataclass
@@ -86,23 +88,35 @@ class FakeKeyVault:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if token != self.identity.token_for(self.resource):
             self.challenges += 1
-            return web.Response(status=401, headers={"WWW-Authenticate": (
-                'Bearer authorization="https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000", '
-                f'resource="{self.resource}"')})
+            return web.Response(
+                status=401,
+                headers={
+                    "WWW-Authenticate": (
+                        'Bearer authorization="https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000", '
+                        f'resource="{self.resource}"'
+                    )
+                },
+            )
         if self.mode == "forbidden":
             return _error(403, "Forbidden", "Caller is not authorized to perform action on resource.")
         name = request.match_info["name"]
         if name not in self.secrets:
-            return _error(404, "SecretNotFound",
-                          f"A secret with (name/id) {name} was not found in this key vault.")
+            return _error(
+                404, "SecretNotFound", f"A secret with (name/id) {name} was not found in this key vault."
+            )
         self.reads += 1
-        return web.json_response({
-            "value": self.secrets[name],
-            "id": f"https://127.0.0.1:{self.port}/secrets/{name}/{secrets.token_hex(16)}",
-            "attributes": {"enabled": True},
-        })
+        return web.json_response(
+            {
+                "value": self.secrets[name],
+                "id": f"https://127.0.0.1:{self.port}/secrets/{name}/{secrets.token_hex(16)}",
+                "attributes": {"enabled": True},
+            }
+        )
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
-    return web.Response(status=status, content_type="application/json",
-                        text=json.dumps({"error": {"code": code, "message": message}}))
+    return web.Response(
+        status=status,
+        content_type="application/json",
+        text=json.dumps({"error": {"code": code, "message": message}}),
+    )

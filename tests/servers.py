@@ -64,8 +64,9 @@ class UvicornServer:
     """An ASGI application (the gateway's local server) under uvicorn on 127.0.0.1."""
 
     def __init__(self, app: Any) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False,
-                                lifespan="on")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="on"
+        )
         self._server = uvicorn.Server(config)
         self._task: asyncio.Task | None = None
         self.port = 0

@@ -99,14 +99,32 @@ def test_formatter_that_does_not_support_the_api_type_is_refused():
 @pytest.mark.parametrize(
     ("url", "api_type", "expected"),
     [
-        ("https://x.westeurope.inference.ml.azure.com", "dedicated",
-         "has no path; a dedicated endpoint URL ends in /score: use https://x.westeurope.inference.ml.azure.com/score"),
-        ("https://x.westeurope.inference.ml.azure.com/", "dedicated", "use https://x.westeurope.inference.ml.azure.com/score"),
+        (
+            "https://x.westeurope.inference.ml.azure.com",
+            "dedicated",
+            "has no path; a dedicated endpoint URL ends in /score: use https://x.westeurope.inference.ml.azure.com/score",
+        ),
+        (
+            "https://x.westeurope.inference.ml.azure.com/",
+            "dedicated",
+            "use https://x.westeurope.inference.ml.azure.com/score",
+        ),
         ("https://x.westeurope.models.ai.azure.com", "serverless", "ends in /v1/chat/completions"),
-        ("https://x.westeurope.inference.ml.azure.com/v1/chat/completions", "dedicated",
-         "set endpoint_api_type to 'serverless'"),
-        ("https://x.westeurope.inference.ml.azure.com/score", "serverless", "set endpoint_api_type to 'dedicated'"),
-        ("https://x.westeurope.models.ai.azure.com/v1/embeddings", "serverless", "ends in /v1/chat/completions"),
+        (
+            "https://x.westeurope.inference.ml.azure.com/v1/chat/completions",
+            "dedicated",
+            "set endpoint_api_type to 'serverless'",
+        ),
+        (
+            "https://x.westeurope.inference.ml.azure.com/score",
+            "serverless",
+            "set endpoint_api_type to 'dedicated'",
+        ),
+        (
+            "https://x.westeurope.models.ai.azure.com/v1/embeddings",
+            "serverless",
+            "ends in /v1/chat/completions",
+        ),
         ("http://x.westeurope.inference.ml.azure.com/score", "dedicated", "plain http"),
         ("ftp://x/score", "dedicated", "not an absolute http(s) URL"),
     ],
@@ -130,8 +148,9 @@ def test_accepted_dedicated_urls(url):
 
 def test_foundry_unified_url_is_accepted_for_serverless():
     url = "https://res.services.ai.azure.com/models/chat/completions?api-version=2024-05-01-preview"
-    config = parse_config(document(endpoint(endpoint_url=url, endpoint_api_type="serverless",
-                                            upstream_model="Mistral-large")))
+    config = parse_config(
+        document(endpoint(endpoint_url=url, endpoint_api_type="serverless", upstream_model="Mistral-large"))
+    )
     assert config.endpoints[0].endpoint_url == url
 
 

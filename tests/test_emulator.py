@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import math
 import os
 import socket
 import sys
@@ -19,7 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.typedefs import Handler
 
-from emulator import Emulator, Fault, reply_text
+from emulator import Emulator, Fault, ToolCall, reply_text
 
 pytestmark = pytest.mark.asyncio
 
@@ -83,6 +85,44 @@ async def read_events(response: aiohttp.ClientResponse) -> tuple[list[str], Exce
     return payloads, error
 
 
+def tool(name: str) -> dict[str, Any]:
+    """A function tool in the OpenAI ``tools`` format."""
+    parameters = {"type": "object", "properties": {"text": {"type": "string"}}}
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+def call_id(arguments: str) -> str:
+    """The tool call id the emulator promises for ``arguments``."""
+    return "call_" + hashlib.sha256(arguments.encode()).hexdigest()[:24]
+
+
+# A finished tool round trip: the user asked, the assistant called, the tool answered.
+TOOL_TURN: list[dict[str, Any]] = [
+    user("weather in Paris"),
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"text":"weather in Paris"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 22 C"},
+]
+
+
+async def eventually(condition: Callable[[], bool], *, within_s: float) -> float:
+    """Seconds until ``condition()`` held (polled every 5 ms); fails after ``within_s``."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < within_s, f"still false after {within_s} s"
+        await asyncio.sleep(0.005)
+    return time.monotonic() - started
+
+
 # --- reply_text -----------------------------------------------------------------------
 
 
@@ -104,6 +144,13 @@ async def test_reply_joins_text_parts_and_marks_other_parts() -> None:
         {"type": "text", "text": "please"},
     ]
     assert reply_text([user(content)]) == "You said: look at [image] please"
+
+
+async def test_reply_answers_a_tool_result() -> None:
+    assert reply_text(TOOL_TURN) == "Tool said: sunny, 22 C"
+    # Only a tool result that ends the conversation is answered; earlier ones are history.
+    later = [*TOOL_TURN, {"role": "assistant", "content": "It is sunny."}, user("thanks")]
+    assert reply_text(later) == "You said: thanks"
 
 
 async def test_reply_without_user_message() -> None:
@@ -213,8 +260,7 @@ async def test_dedicated_limit_not_reached_finishes_with_stop(make_client: MakeC
             "'input_data.input_string'[0].role",
         ),
         (
-            b'{"input_data": {"input_string": [{"role": "user", "content": "hi"}],'
-            b' "parameters": 5}}',
+            b'{"input_data": {"input_string": [{"role": "user", "content": "hi"}], "parameters": 5}}',
             "'input_data.parameters' must be a JSON object",
         ),
         (
@@ -226,9 +272,7 @@ async def test_dedicated_limit_not_reached_finishes_with_stop(make_client: MakeC
 )
 async def test_dedicated_malformed_body_is_400(emu: Emu, body: bytes, complaint: str) -> None:
     emulator, client = emu
-    response = await client.post(
-        "/score", data=body, headers={**AUTH, "Content-Type": "application/json"}
-    )
+    response = await client.post("/score", data=body, headers={**AUTH, "Content-Type": "application/json"})
     assert response.status == 400
     answer = await response.json()
     assert answer["error"]["code"] == "BadRequest"
@@ -277,6 +321,24 @@ async def test_serverless_echoes_model_and_serves_prefixed_route(
     response = await client.post("/some/prefix/v1/chat/completions", json=body, headers=AUTH)
     assert response.status == 200
     assert (await response.json())["model"] == "Llama-3.3-70B"
+
+
+@pytest.mark.parametrize(
+    "path", ["/models/chat/completions", "/api/projects/my-project/models/chat/completions"]
+)
+async def test_serverless_foundry_route(emu: Emu, path: str) -> None:
+    emulator, client = emu
+    body = {"messages": [user("hi foundry")], "model": "Phi-4"}
+    response = await client.post(path, json=body, headers=AUTH)
+    assert response.status == 200
+    answer = await response.json()
+    assert answer["object"] == "chat.completion"
+    assert answer["model"] == "Phi-4"
+    assert answer["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "You said: hi foundry",
+    }
+    assert emulator.requests[0].path == path
 
 
 @pytest.mark.parametrize("limit_name", ["max_tokens", "max_completion_tokens"])
@@ -359,9 +421,7 @@ async def test_stream_event_sequence(emu: Emu) -> None:
     assert pieces == ["You ", "said: ", "stream ", "me ", " ", "please"]
     assert "".join(pieces) == "You said: stream me  please"
     assert all(w["choices"][0]["finish_reason"] is None for w in words)
-    assert finish["choices"] == [
-        {"index": 0, "delta": {}, "finish_reason": "stop", "logprobs": None}
-    ]
+    assert finish["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop", "logprobs": None}]
     assert all("usage" not in c for c in chunks)
 
 
@@ -396,10 +456,287 @@ async def test_stream_delay_spaces_events(make_client: MakeClient) -> None:
     assert elapsed >= 5 * 0.03
 
 
+async def test_open_streams_counts_streams_until_they_end(emu: Emu) -> None:
+    emulator, client = emu
+    assert emulator.open_streams == 0
+    body = {"messages": [user("x")], "stream": True}
+    payloads, _ = await read_events(await client.post("/v1/chat/completions", json=body, headers=AUTH))
+    assert payloads[-1] == "[DONE]"
+    await eventually(lambda: emulator.open_streams == 0, within_s=0.5)
+    emulator.add_fault(Fault(break_stream_after=2))
+    payloads, error = await read_events(await client.post("/v1/chat/completions", json=body, headers=AUTH))
+    assert error is not None and len(payloads) == 2
+    await eventually(lambda: emulator.open_streams == 0, within_s=0.5)
+
+
+async def test_open_streams_drops_promptly_when_the_client_disconnects() -> None:
+    delay = 0.05
+    emulator = Emulator(KEY, stream_delay_s=delay)
+    # A plain AppRunner, as run_app uses: it does not cancel the handler when the client
+    # leaves, so the emulator has to notice by itself.
+    runner = web.AppRunner(emulator.app, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    url = f"http://{host}:{port}/v1/chat/completions"
+    # role, 62 words, finish, [DONE]: 64 gaps of 50 ms, over 3 s in full.
+    body = {"messages": [user(" ".join(["word"] * 60))], "stream": True}
+    try:
+        async with aiohttp.ClientSession() as session:
+            started = time.monotonic()
+            response = await session.post(url, json=body, headers=AUTH)
+            for _ in range(3):  # three events, each "data: ..." then a blank line
+                assert (await response.content.readline()).startswith(b"data: {")
+                assert await response.content.readline() == b"\n"
+                assert emulator.open_streams == 1
+            response.close()  # the client goes away mid-stream
+            await eventually(lambda: emulator.open_streams == 0, within_s=0.5)
+            assert time.monotonic() - started < 1.5  # well before the stream would have ended
+            # The server is fine: the next stream is whole.
+            async with session.post(
+                url, json={"messages": [user("x")], "stream": True}, headers=AUTH
+            ) as again:
+                payloads, error = await read_events(again)
+                assert error is None and payloads[-1] == "[DONE]"
+        await eventually(lambda: emulator.open_streams == 0, within_s=0.5)
+    finally:
+        await runner.cleanup()
+
+
+# --- tool calls -----------------------------------------------------------------------
+
+
+async def test_serverless_tool_call(emu: Emu) -> None:
+    _, client = emu
+    body = {
+        "messages": [{"role": "system", "content": "use tools"}, user("weather in Paris")],
+        "tools": [tool("get_weather"), tool("lookup")],
+        "model": "m-tools",
+    }
+    response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert response.status == 200
+    answer = await response.json()
+    arguments = '{"text":"weather in Paris"}'
+    assert answer == {
+        "id": answer["id"],
+        "object": "chat.completion",
+        "created": answer["created"],
+        "model": "m-tools",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": call_id(arguments),
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": arguments},
+                        }
+                    ],
+                },
+                "finish_reason": "tool_calls",
+                "logprobs": None,
+            }
+        ],
+        # prompt: "use tools" + "weather in Paris"; completion: the arguments' 3 words
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+    }
+    assert len(call_id(arguments)) == len("call_") + 24
+    again = await (await client.post("/v1/chat/completions", json=body, headers=AUTH)).json()
+    assert again["id"] != answer["id"]
+    assert again["choices"] == answer["choices"]  # same messages, same call id
+    [entry] = answer["choices"][0]["message"]["tool_calls"]
+    assert ToolCall.to("get_weather", body["messages"]).to_json() == entry
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "called"),
+    [
+        (None, "get_weather"),
+        ("auto", "get_weather"),
+        ("required", "get_weather"),
+        ({"type": "function", "function": {"name": "lookup"}}, "lookup"),
+    ],
+)
+async def test_serverless_tool_choice(emu: Emu, tool_choice: Any, called: str) -> None:
+    _, client = emu
+    body = {
+        "messages": [user("find it")],
+        "tools": [tool("get_weather"), tool("lookup")],
+        "tool_choice": tool_choice,
+    }
+    answer = await (await client.post("/v1/chat/completions", json=body, headers=AUTH)).json()
+    [entry] = answer["choices"][0]["message"]["tool_calls"]
+    assert entry["function"] == {"name": called, "arguments": '{"text":"find it"}'}
+
+
+@pytest.mark.parametrize("extra", [{"tools": [tool("get_weather")], "tool_choice": "none"}, {"tools": []}])
+async def test_serverless_no_tool_call_answers_text(emu: Emu, extra: dict[str, Any]) -> None:
+    _, client = emu
+    body = {"messages": [user("just talk")], **extra}
+    answer = await (await client.post("/v1/chat/completions", json=body, headers=AUTH)).json()
+    assert answer["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "You said: just talk",
+    }
+    assert answer["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize(
+    ("extra", "complaint"),
+    [
+        (
+            {
+                "tools": [tool("get_weather")],
+                "tool_choice": {"type": "function", "function": {"name": "get_time"}},
+            },
+            "'tool_choice' names the function 'get_time', which is not among 'tools' (get_weather)",
+        ),
+        (
+            {"tool_choice": {"type": "function", "function": {"name": "get_time"}}},
+            "'get_time', which is not among 'tools'",
+        ),
+        ({"tools": [tool("a")], "tool_choice": "sometimes"}, "'tool_choice' must be one of"),
+        (
+            {"tools": [tool("a")], "tool_choice": {"type": "function"}},
+            "'tool_choice.function.name'",
+        ),
+        ({"tools": [tool("a")], "tool_choice": {"function": {"name": "a"}}}, "'tool_choice.type'"),
+        ({"tools": "get_weather"}, "'tools' must be a list of tools"),
+        ({"tools": ["get_weather"]}, "'tools'[0] must be an object"),
+        ({"tools": [tool("a"), {"type": "function"}]}, "'tools'[1].function must be an object"),
+        ({"tools": [{"type": "function", "function": {"name": 7}}]}, "'tools'[0].function.name"),
+    ],
+)
+async def test_serverless_bad_tools_are_400(emu: Emu, extra: dict[str, Any], complaint: str) -> None:
+    _, client = emu
+    body = {"messages": [user("hi")], **extra}
+    response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["code"] == "Bad Request"
+    assert complaint in error["message"]
+
+
+async def test_stream_tool_call_event_sequence(make_client: MakeClient) -> None:
+    _, client = await make_client(stream_delay_s=0.01)
+    body = {
+        "messages": [user("weather in Paris please")],
+        "tools": [tool("get_weather")],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "model": "m1",
+    }
+    started = time.monotonic()
+    response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert response.headers["Content-Type"] == "text/event-stream"
+    payloads, error = await read_events(response)
+    elapsed = time.monotonic() - started
+    assert error is None
+    assert payloads[-1] == "[DONE]"
+    assert payloads.count("[DONE]") == 1
+    chunks = [json.loads(p) for p in payloads[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in chunks}) == 1
+    assert {c["model"] for c in chunks} == {"m1"}
+
+    arguments = '{"text":"weather in Paris please"}'  # 34 characters: 5 pieces
+    role, opening, *pieces, finish, usage = chunks
+    assert role["choices"] == [
+        {
+            "index": 0,
+            "delta": {"role": "assistant", "content": None},
+            "finish_reason": None,
+            "logprobs": None,
+        }
+    ]
+    assert opening["choices"] == [
+        {
+            "index": 0,
+            "delta": {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": call_id(arguments),
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": ""},
+                    }
+                ]
+            },
+            "finish_reason": None,
+            "logprobs": None,
+        }
+    ]
+    deltas = [c["choices"][0]["delta"] for c in pieces]
+    texts = [d["tool_calls"][0]["function"]["arguments"] for d in deltas]
+    assert deltas == [{"tool_calls": [{"index": 0, "function": {"arguments": t}}]} for t in texts]
+    assert "".join(texts) == arguments
+    assert len(texts) == math.ceil(len(arguments) / 8) == 5
+    assert all(0 < len(t) <= 8 for t in texts)
+    assert all(c["choices"][0]["finish_reason"] is None for c in pieces)
+    assert finish["choices"] == [{"index": 0, "delta": {}, "finish_reason": "tool_calls", "logprobs": None}]
+    assert usage["choices"] == []
+    # '{"text":"weather' 'in' 'Paris' 'please"}'
+    assert usage["usage"] == {"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8}
+    assert elapsed >= (len(payloads) - 1) * 0.01  # paced like a text stream
+
+
+async def test_stream_tool_call_broken_by_fault(emu: Emu) -> None:
+    emulator, client = emu
+    emulator.add_fault(Fault(break_stream_after=3))
+    body = {"messages": [user("weather")], "tools": [tool("get_weather")], "stream": True}
+    response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    payloads, error = await read_events(response)
+    assert isinstance(error, aiohttp.ClientPayloadError)
+    deltas = [json.loads(p)["choices"][0]["delta"] for p in payloads]
+    assert len(deltas) == 3
+    assert deltas[1]["tool_calls"][0]["id"] == call_id('{"text":"weather"}')
+    assert deltas[2] == {"tool_calls": [{"index": 0, "function": {"arguments": '{"text":'}}]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tool_result_turn_is_answered_with_text(emu: Emu, stream: bool) -> None:
+    _, client = emu
+    body = {"messages": TOOL_TURN, "tools": [tool("get_weather")], "stream": stream}
+    response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert response.status == 200
+    if stream:
+        payloads, error = await read_events(response)
+        assert error is None and payloads[-1] == "[DONE]"
+        chunks = [json.loads(p) for p in payloads[:-1]]
+        deltas = [c["choices"][0]["delta"] for c in chunks]
+        assert all("tool_calls" not in d for d in deltas)
+        assert "".join(d.get("content", "") for d in deltas) == "Tool said: sunny, 22 C"
+        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+        return
+    answer = await response.json()
+    assert answer["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "Tool said: sunny, 22 C",
+    }
+    assert answer["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_dedicated_accepts_tool_history_and_ignores_tools(emu: Emu) -> None:
+    _, client = emu
+    tools = [tool("get_weather")]
+    body = {**dedicated_body(*TOOL_TURN, tools=tools), "tools": tools}
+    response = await client.post("/score", json=body, headers=AUTH)
+    assert response.status == 200
+    assert await response.json() == {"output": "Tool said: sunny, 22 C"}
+    body = {**dedicated_body(user("weather"), tools=tools), "tools": tools}
+    assert await (await client.post("/score", json=body, headers=AUTH)).json() == {
+        "output": "You said: weather"
+    }
+
+
 # --- key check and recording ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/score", "/v1/chat/completions"])
+@pytest.mark.parametrize("path", ["/score", "/v1/chat/completions", "/models/chat/completions"])
 @pytest.mark.parametrize(
     "headers",
     [
@@ -415,9 +752,7 @@ async def test_wrong_or_missing_key_is_401(emu: Emu, path: str, headers: dict[st
     response = await client.post(path, json=body, headers=headers)
     assert response.status == 401
     text = await response.text()
-    assert json.loads(text) == {
-        "error": {"code": "Unauthorized", "message": "invalid or missing key"}
-    }
+    assert json.loads(text) == {"error": {"code": "Unauthorized", "message": "invalid or missing key"}}
     assert "wrong-key-value" not in text
     assert KEY not in text
     [recorded] = emulator.requests
@@ -496,9 +831,7 @@ async def test_fault_times_and_path(emu: Emu) -> None:
     fault = Fault(status=500, times=2, path="/v1/chat/completions")
     emulator.add_fault(fault)
     chat = {"messages": [user("hi")]}
-    assert (
-        await client.post("/score", json=dedicated_body(user("hi")), headers=AUTH)
-    ).status == 200
+    assert (await client.post("/score", json=dedicated_body(user("hi")), headers=AUTH)).status == 200
     assert (await client.post("/v1/chat/completions", json=chat, headers=AUTH)).status == 500
     assert (await client.post("/x/v1/chat/completions", json=chat, headers=AUTH)).status == 500
     assert (await client.post("/v1/chat/completions", json=chat, headers=AUTH)).status == 200
@@ -510,8 +843,7 @@ async def test_faults_are_taken_in_order(emu: Emu) -> None:
     emulator.add_fault(Fault(status=502))
     emulator.add_fault(Fault(status=504))
     statuses = [
-        (await client.post("/score", json=dedicated_body(user("hi")), headers=AUTH)).status
-        for _ in range(3)
+        (await client.post("/score", json=dedicated_body(user("hi")), headers=AUTH)).status for _ in range(3)
     ]
     assert statuses == [502, 504, 200]
 
@@ -600,9 +932,7 @@ async def test_fault_hang_never_answers() -> None:
             assert time.monotonic() - started < 1.0
             # The handler ends once the client has gone, instead of sitting out 600 s.
             await asyncio.wait_for(handler_done.wait(), timeout=1.0)
-            async with session.post(
-                url, json=dedicated_body(user("again")), headers=AUTH
-            ) as response:
+            async with session.post(url, json=dedicated_body(user("again")), headers=AUTH) as response:
                 assert await response.json() == {"output": "You said: again"}
     finally:
         await runner.cleanup()
@@ -669,9 +999,7 @@ async def test_control_add_faults(emu: Emu) -> None:
     assert response.status == 200
     assert await response.json() == {"added": 2, "pending": 2}
     chat = {"messages": [user("hi")]}
-    first = await client.post(
-        "/v1/chat/completions", json=chat, headers=AUTH
-    )  # path does not match fault 1
+    first = await client.post("/v1/chat/completions", json=chat, headers=AUTH)  # path does not match fault 1
     assert await first.text() == "<html>oops</html>"
     second = await client.post("/score", json=dedicated_body(user("hi")), headers=AUTH)
     assert second.status == 503
@@ -697,9 +1025,7 @@ async def test_control_add_faults_rejects_bad_input(emu: Emu, body: bytes, compl
     assert error["code"] == "BadRequest"
     assert complaint in error["message"]
     # Nothing was queued: the next request is answered normally.
-    assert (
-        await client.post("/score", json=dedicated_body(user("hi")), headers=AUTH)
-    ).status == 200
+    assert (await client.post("/score", json=dedicated_body(user("hi")), headers=AUTH)).status == 200
 
 
 # --- CLI ------------------------------------------------------------------------------

@@ -26,22 +26,28 @@ def test_custom_openai_dedicated_payload_is_exact():
     body = CustomOpenAIChatContentFormatter().format_messages_request_payload(
         MESSAGES, {"temperature": 0.8, "max_new_tokens": 512}, DEDICATED
     )
-    assert body == (
-        '{"input_data":{"input_string":[{"role":"system","content":"Be brief."},'
-        '{"role":"user","content":"Say \\"hi\\"\\nthen stop. Ünïcode ✓"}],'
-        '"parameters":{"temperature":0.8,"max_new_tokens":512}}}'
-    ).encode()
+    assert (
+        body
+        == (
+            '{"input_data":{"input_string":[{"role":"system","content":"Be brief."},'
+            '{"role":"user","content":"Say \\"hi\\"\\nthen stop. Ünïcode ✓"}],'
+            '"parameters":{"temperature":0.8,"max_new_tokens":512}}}'
+        ).encode()
+    )
 
 
 def test_custom_openai_serverless_payload_is_exact():
     body = CustomOpenAIChatContentFormatter().format_messages_request_payload(
         MESSAGES, {"temperature": 0.7, "max_tokens": 5}, SERVERLESS
     )
-    assert body == (
-        '{"messages":[{"role":"system","content":"Be brief."},'
-        '{"role":"user","content":"Say \\"hi\\"\\nthen stop. Ünïcode ✓"}],'
-        '"temperature":0.7,"max_tokens":5}'
-    ).encode()
+    assert (
+        body
+        == (
+            '{"messages":[{"role":"system","content":"Be brief."},'
+            '{"role":"user","content":"Say \\"hi\\"\\nthen stop. Ünïcode ✓"}],'
+            '"temperature":0.7,"max_tokens":5}'
+        ).encode()
+    )
 
 
 def test_message_text_reaches_the_endpoint_exactly_as_sent():
@@ -56,7 +62,10 @@ def test_message_text_reaches_the_endpoint_exactly_as_sent():
 def test_openai_length_limit_is_sent_to_dedicated_endpoints_as_max_new_tokens():
     formatter = CustomOpenAIChatContentFormatter()
     params = {"max_tokens": 50, "temperature": 0.1}
-    assert formatter.format_request_parameters(params, DEDICATED) == {"max_new_tokens": 50, "temperature": 0.1}
+    assert formatter.format_request_parameters(params, DEDICATED) == {
+        "max_new_tokens": 50,
+        "temperature": 0.1,
+    }
     assert formatter.format_request_parameters(params, SERVERLESS) == params
     assert params == {"max_tokens": 50, "temperature": 0.1}  # not mutated
 
@@ -106,10 +115,9 @@ def test_llama_formatter_behaves_as_custom_openai():
     assert issubclass(LlamaChatContentFormatter, CustomOpenAIChatContentFormatter)
     assert LlamaChatContentFormatter.deprecated_in_favour_of == "CustomOpenAIChatContentFormatter"
     args = (MESSAGES, {"temperature": 1}, DEDICATED)
-    assert (
-        LlamaChatContentFormatter().format_messages_request_payload(*args)
-        == CustomOpenAIChatContentFormatter().format_messages_request_payload(*args)
-    )
+    assert LlamaChatContentFormatter().format_messages_request_payload(
+        *args
+    ) == CustomOpenAIChatContentFormatter().format_messages_request_payload(*args)
 
 
 @pytest.mark.parametrize(
@@ -135,9 +143,13 @@ def test_serverless_answer_keeps_tool_calls_finish_reason_and_usage():
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": None,
-                            "tool_calls": [{"id": "c1", "type": "function",
-                                            "function": {"name": "f", "arguments": "{}"}}]},
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                    ],
+                },
                 "finish_reason": "tool_calls",
             }
         ],

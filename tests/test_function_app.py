@@ -30,8 +30,9 @@ def functions_host(servers) -> Iterator[dict[str, Any]]:
     emulator = Emulator("functions-test-key")
     upstream = servers.run(AiohttpServer(emulator.app).start())
     saved = dict(os.environ)
-    os.environ.update(GATEWAY_CONFIG=json.dumps(emulator_config(upstream.url)),
-                      EMULATOR_KEY="functions-test-key")
+    os.environ.update(
+        GATEWAY_CONFIG=json.dumps(emulator_config(upstream.url)), EMULATOR_KEY="functions-test-key"
+    )
     try:
         import function_app
 
@@ -68,18 +69,36 @@ def test_function_app_indexes_exactly_the_three_routes(functions_host):
     }
     assert bindings == {
         "chat_completions": [
-            {"direction": "IN", "type": "httpTrigger", "name": "req", "methods": ["POST"],
-             "authLevel": "FUNCTION", "route": "v1/chat/completions"},
+            {
+                "direction": "IN",
+                "type": "httpTrigger",
+                "name": "req",
+                "methods": ["POST"],
+                "authLevel": "FUNCTION",
+                "route": "v1/chat/completions",
+            },
             {"direction": "OUT", "type": "http", "name": "$return"},
         ],
         "models": [
-            {"direction": "IN", "type": "httpTrigger", "name": "req", "methods": ["GET"],
-             "authLevel": "FUNCTION", "route": "v1/models"},
+            {
+                "direction": "IN",
+                "type": "httpTrigger",
+                "name": "req",
+                "methods": ["GET"],
+                "authLevel": "FUNCTION",
+                "route": "v1/models",
+            },
             {"direction": "OUT", "type": "http", "name": "$return"},
         ],
         "health": [
-            {"direction": "IN", "type": "httpTrigger", "name": "req", "methods": ["GET"],
-             "authLevel": "ANONYMOUS", "route": "health"},
+            {
+                "direction": "IN",
+                "type": "httpTrigger",
+                "name": "req",
+                "methods": ["GET"],
+                "authLevel": "ANONYMOUS",
+                "route": "health",
+            },
             {"direction": "OUT", "type": "http", "name": "$return"},
         ],
     }
@@ -106,3 +125,17 @@ def test_openai_client_through_the_functions_adapter(functions_host):
     assert completion.choices[0].message.content == "You said: Hi from Functions"
     assert [m.id for m in client.models.list()] == ["llama-chat", "mistral-large"]
     assert functions_host["emulator"].requests[-1].deployment == "llama-2-7b-chat-1"
+
+
+def test_streaming_through_the_functions_adapter(functions_host):
+    client = openai.OpenAI(base_url=functions_host["url"] + "/api/v1", api_key="unused-locally")
+    pieces = [
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(
+            model="mistral-large",
+            messages=[{"role": "user", "content": "stream from Functions"}],
+            stream=True,
+        )
+        if c.choices
+    ]
+    assert "".join(pieces) == "You said: stream from Functions" and len(pieces) > 2

@@ -47,13 +47,18 @@ async def test_dedicated_chat_returns_a_normalized_completion(gateway, emulator)
     assert completion["object"] == "chat.completion" and completion["model"] == "llama-chat"
     assert completion["id"].startswith("chatcmpl-")
     assert completion["choices"] == [
-        {"index": 0, "message": {"role": "assistant", "content": "You said: Hello there"},
-         "finish_reason": "stop", "logprobs": None}
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "You said: Hello there"},
+            "finish_reason": "stop",
+            "logprobs": None,
+        }
     ]
     [call] = emu.requests
     assert call.path == "/score" and call.authorized and call.deployment == "llama-2-7b-chat-1"
-    assert call.body == {"input_data": {"input_string": HELLO,
-                                        "parameters": {"temperature": 0.8, "max_new_tokens": 512}}}
+    assert call.body == {
+        "input_data": {"input_string": HELLO, "parameters": {"temperature": 0.8, "max_new_tokens": 512}}
+    }
     assert headers["x-request-id"]
 
 
@@ -70,8 +75,10 @@ async def test_serverless_chat_keeps_usage_and_uses_the_gateway_model_name(gatew
     )
     [call] = emu.requests
     assert call.path == "/v1/chat/completions"
-    assert call.body == {"messages": [{"role": "user", "content": "Be brief.\n\nHello there"}],
-                         "temperature": 0.7}
+    assert call.body == {
+        "messages": [{"role": "user", "content": "Be brief.\n\nHello there"}],
+        "temperature": 0.7,
+    }
 
 
 async def test_request_without_model_goes_to_the_default_model(gateway, emulator):
@@ -88,21 +95,36 @@ async def test_request_parameters_override_model_kwargs_for_that_request_only(ga
     first, second, third, fourth = (r.body for r in emu.requests)
     assert first["input_data"]["parameters"] == {"temperature": 0.1, "max_new_tokens": 2, "top_p": 0.5}
     assert second["input_data"]["parameters"] == {"temperature": 0.8, "max_new_tokens": 512}
-    assert {k: third[k] for k in ("temperature", "max_tokens", "seed")} == {"temperature": 0.7, "max_tokens": 3, "seed": 7}
+    assert {k: third[k] for k in ("temperature", "max_tokens", "seed")} == {
+        "temperature": 0.7,
+        "max_tokens": 3,
+        "seed": 7,
+    }
     assert "max_tokens" not in fourth and "seed" not in fourth
 
 
 async def test_length_limit_gives_finish_reason_length_on_serverless(gateway):
-    status, _, body = await post(gateway, {"model": "mistral-large", "max_tokens": 2,
-                                           "messages": [{"role": "user", "content": "one two three"}]})
+    status, _, body = await post(
+        gateway,
+        {
+            "model": "mistral-large",
+            "max_tokens": 2,
+            "messages": [{"role": "user", "content": "one two three"}],
+        },
+    )
     choice = json.loads(body)["choices"][0]
-    assert status == 200 and choice == {"index": 0, "message": {"role": "assistant", "content": "You said:"},
-                                        "finish_reason": "length", "logprobs": None}
+    assert status == 200 and choice == {
+        "index": 0,
+        "message": {"role": "assistant", "content": "You said:"},
+        "finish_reason": "length",
+        "logprobs": None,
+    }
 
 
 async def test_dedicated_answers_carry_no_finish_reason_so_stop_is_reported(gateway):
-    status, _, body = await post(gateway, {"max_tokens": 2,
-                                           "messages": [{"role": "user", "content": "one two three"}]})
+    status, _, body = await post(
+        gateway, {"max_tokens": 2, "messages": [{"role": "user", "content": "one two three"}]}
+    )
     choice = json.loads(body)["choices"][0]
     assert status == 200 and choice["message"]["content"] == "You said:" and choice["finish_reason"] == "stop"
 
@@ -122,8 +144,9 @@ async def test_health_touches_no_upstream(gateway, emulator):
 
 async def test_callers_request_id_is_echoed_and_logged(gateway, caplog):
     with caplog.at_level(logging.INFO, logger="gateway"):
-        status, headers, _ = await post(gateway, {"model": "nope", "messages": HELLO},
-                                        headers={"x-request-id": "front-end-42"})
+        status, headers, _ = await post(
+            gateway, {"model": "nope", "messages": HELLO}, headers={"x-request-id": "front-end-42"}
+        )
     assert status == 404 and headers["x-request-id"] == "front-end-42"
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("gateway.")]
     assert lines and all(line.startswith("[front-end-42] ") for line in lines)
@@ -164,8 +187,9 @@ async def test_unknown_model_is_a_404_listing_the_models(gateway):
 
 
 async def test_mistral_without_user_message_is_a_400(gateway, emulator):
-    status, _, body = await post(gateway, {"model": "mistral-large",
-                                           "messages": [{"role": "system", "content": "x"}]})
+    status, _, body = await post(
+        gateway, {"model": "mistral-large", "messages": [{"role": "system", "content": "x"}]}
+    )
     assert_openai_error(status, body, 400, "at least one user message")
     assert emulator[0].requests == []
 
@@ -204,10 +228,16 @@ async def test_unknown_route_and_wrong_method_are_openai_errors(gateway):
         (Fault(status=504), 504, ("timed out",)),
         (Fault(status=424), 502, ("model container failed",)),
         (Fault(status=404), 502, ("check endpoint_url and deployment_name",)),
-        (Fault(status=422, body='{"error": {"message": "Extra inputs are not permitted"}}'), 400,
-         ("rejected the request: Extra inputs are not permitted",)),
-        (Fault(body="<html><body>Bad gateway</body></html>", content_type="text/html"), 502,
-         ("cannot read", "not JSON", "content_formatter and endpoint_api_type")),
+        (
+            Fault(status=422, body='{"error": {"message": "Extra inputs are not permitted"}}'),
+            400,
+            ("rejected the request: Extra inputs are not permitted",),
+        ),
+        (
+            Fault(body="<html><body>Bad gateway</body></html>", content_type="text/html"),
+            502,
+            ("cannot read", "not JSON", "content_formatter and endpoint_api_type"),
+        ),
         (Fault(body='{"output": "trunc'), 502, ("not JSON",)),
         (Fault(body='{"result": 1}'), 502, ('expected {"output": "..."}',)),
         (Fault(body=""), 502, ("not JSON",)),
@@ -257,8 +287,12 @@ async def test_refused_key_is_a_502_that_leaks_no_key(emulator, start_gateway, c
 
 
 async def test_no_key_in_any_answer_or_log_line(gateway, emulator, canary_key, caplog):
-    faults = [Fault(status=500, body='{"message": "boom"}'), Fault(status=429, retry_after="1"),
-              Fault(body="<html>"), Fault(status=401)]
+    faults = [
+        Fault(status=500, body='{"message": "boom"}'),
+        Fault(status=429, retry_after="1"),
+        Fault(body="<html>"),
+        Fault(status=401),
+    ]
     for fault in faults:
         emulator[0].add_fault(fault)
     with caplog.at_level(logging.DEBUG):
@@ -283,10 +317,18 @@ async def test_a_user_formatter_serves_a_custom_score_endpoint(start_gateway, se
     app.router.add_post("/custom/score", score)
     server = servers.run(AiohttpServer(app).start())
     try:
-        base = start_gateway({"endpoints": [{
-            "name": "custom", "endpoint_url": f"{server.url}/custom/score",
-            "content_formatter": "tests.custom_formatter:EchoFormatter",
-            "auth": {"type": "env", "variable": "EMULATOR_KEY"}}]})
+        base = start_gateway(
+            {
+                "endpoints": [
+                    {
+                        "name": "custom",
+                        "endpoint_url": f"{server.url}/custom/score",
+                        "content_formatter": "tests.custom_formatter:EchoFormatter",
+                        "auth": {"type": "env", "variable": "EMULATOR_KEY"},
+                    }
+                ]
+            }
+        )
         status, _, body = await post(base, {"model": "custom", "messages": HELLO})
         assert status == 200, body
         assert json.loads(body)["choices"][0]["message"]["content"] == "HELLO THERE"
@@ -306,12 +348,9 @@ async def test_another_azure_ml_compatible_endpoint_on_another_port_needs_no_cod
     try:
         base = start_gateway(emulator_config(server.url))
         status, _, body = await post(base, {"messages": HELLO})
-        assert status == 200 and json.loads(body)["choices"][0]["message"]["content"] == "You said: Hello there"
+        assert (
+            status == 200 and json.loads(body)["choices"][0]["message"]["content"] == "You said: Hello there"
+        )
         assert other.requests[0].path == "/score"
     finally:
         servers.run(server.stop())
-
-
-async def test_stream_is_refused_clearly_until_supported(gateway):
-    status, _, body = await post(gateway, {"messages": HELLO, "stream": True})
-    assert_openai_error(status, body, 400, "stream")

@@ -36,11 +36,15 @@ async def test_async_client_chats_with_a_serverless_endpoint(gateway, emulator):
 
 def test_extra_body_reaches_the_endpoint_as_a_parameter(gateway, emulator):
     client(gateway).chat.completions.create(
-        model="llama-chat", messages=[{"role": "user", "content": "x"}],
+        model="llama-chat",
+        messages=[{"role": "user", "content": "x"}],
         extra_body={"do_sample": True, "repetition_penalty": 1.1},
     )
     assert emulator[0].requests[-1].body["input_data"]["parameters"] == {
-        "temperature": 0.8, "max_new_tokens": 512, "do_sample": True, "repetition_penalty": 1.1
+        "temperature": 0.8,
+        "max_new_tokens": 512,
+        "do_sample": True,
+        "repetition_penalty": 1.1,
     }
 
 
@@ -53,5 +57,7 @@ def test_client_sees_typed_errors(gateway, emulator):
     assert "at least one message" in bad.value.message
     emulator[0].add_fault(Fault(status=429, retry_after="3"))
     with pytest.raises(openai.RateLimitError) as throttled:
-        client(gateway).chat.completions.create(model="llama-chat", messages=[{"role": "user", "content": "x"}])
+        client(gateway).chat.completions.create(
+            model="llama-chat", messages=[{"role": "user", "content": "x"}]
+        )
     assert throttled.value.response.headers["retry-after"] == "3"

@@ -39,14 +39,17 @@ def azure(servers, monkeypatch, tmp_path, canary_key):
     vault_server = servers.run(AiohttpServer(vault.app, server_context).start())
     vault.port = vault_server.port
 
-    env = {"IDENTITY_ENDPOINT": f"{identity_server.url}/msi/token",
-           "IDENTITY_HEADER": identity.header_secret}
+    env = {"IDENTITY_ENDPOINT": f"{identity_server.url}/msi/token", "IDENTITY_HEADER": identity.header_secret}
     for name in ("MSI_ENDPOINT", "MSI_SECRET", "IDENTITY_SERVER_THUMBPRINT", "AZURE_CLIENT_ID"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():  # azure-identity reads the process environment
         monkeypatch.setenv(name, value)
-    yield SimpleNamespace(identity=identity, vault=vault, ca_file=str(ca_file),
-                          env={**env, "KEY_VAULT_URL": vault_server.url + "/"})
+    yield SimpleNamespace(
+        identity=identity,
+        vault=vault,
+        ca_file=str(ca_file),
+        env={**env, "KEY_VAULT_URL": vault_server.url + "/"},
+    )
     servers.run(vault_server.stop())
     servers.run(identity_server.stop())
 
@@ -62,9 +65,14 @@ def key_vault_config(url: str, **credentials: float) -> dict:
 @pytest.fixture
 def start(azure, emulator, start_gateway):
     """Start a gateway on the emulator whose keys come from the fake vault."""
+
     def start_with(config: dict | None = None, **credentials: float) -> str:
-        return start_gateway(config or key_vault_config(emulator[1], **credentials), azure.env,
-                             secret_client_options={"connection_verify": azure.ca_file})
+        return start_gateway(
+            config or key_vault_config(emulator[1], **credentials),
+            azure.env,
+            secret_client_options={"connection_verify": azure.ca_file},
+        )
+
     return start_with
 
 
@@ -199,8 +207,9 @@ def entra_config(url: str) -> dict:
 async def test_keyless_endpoints_get_one_cached_entra_token(azure, emulator, start_gateway):
     emulator[0].rotate_key(azure.identity.token_for(ML_RESOURCE))
     base = start_gateway(entra_config(emulator[1]), azure.env)
-    answers = await asyncio.gather(*(post(base, {**HELLO, "model": m})
-                                     for m in ["llama-chat", "mistral-large"] * 25))
+    answers = await asyncio.gather(
+        *(post(base, {**HELLO, "model": m}) for m in ["llama-chat", "mistral-large"] * 25)
+    )
     assert [status for status, _, _ in answers] == [200] * 50
     assert azure.identity.token_requests == [ML_RESOURCE]  # scope https://ml.azure.com/.default
     assert all(r.authorized for r in emulator[0].requests)
@@ -240,13 +249,19 @@ def test_the_production_path_trusts_the_vault_through_ssl_cert_file(azure, emula
     from .test_local_server import free_port, start_uvicorn, wait_until_serving
 
     port = free_port()
-    env = {**azure.env, "GATEWAY_CONFIG": json.dumps(key_vault_config(emulator[1])),
-           "SSL_CERT_FILE": azure.ca_file}
+    env = {
+        **azure.env,
+        "GATEWAY_CONFIG": json.dumps(key_vault_config(emulator[1])),
+        "SSL_CERT_FILE": azure.ca_file,
+    }
     process = start_uvicorn(env, port)
     try:
         wait_until_serving(process, port)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}{CHAT}", data=json.dumps(HELLO).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}{CHAT}",
+            data=json.dumps(HELLO).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert json.load(response)["choices"][0]["message"]["content"] == "You said: Hello there"
     finally:

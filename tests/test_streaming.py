@@ -1,0 +1,267 @@
+"""`"stream": true`: server-sent `chat.completion.chunk` events through the local server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+import openai
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict
+
+from emulator import Emulator, Fault
+
+from .conftest import emulator_config
+from .servers import AiohttpServer
+
+CHAT = "/api/v1/chat/completions"
+HELLO = [{"role": "user", "content": "Hello there, streaming world"}]
+REPLY = "You said: Hello there, streaming world"
+
+
+async def stream(base: str, body: dict) -> tuple[int, dict, list[str]]:
+    """Status, headers, and the raw SSE lines (blank lines dropped)."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(base + CHAT, json={**body, "stream": True}) as response:
+            text = (await response.read()).decode()
+            return response.status, CIMultiDict(response.headers), [line for line in text.split("\n") if line]
+
+
+def chunks(lines: list[str]) -> list[dict]:
+    return [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+
+
+def content(lines: list[str]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks(lines) if c.get("choices"))
+
+
+@pytest.mark.parametrize("model", ["mistral-large", "llama-chat"])
+async def test_stream_is_sse_with_one_id_the_gateway_model_and_done(gateway, model):
+    status, headers, lines = await stream(gateway, {"model": model, "messages": HELLO})
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/event-stream")
+    assert headers["Cache-Control"] == "no-cache" and headers["X-Accel-Buffering"] == "no"
+    assert headers["x-request-id"]
+    events = chunks(lines)
+    assert lines[-1] == "data: [DONE]" and lines.count("data: [DONE]") == 1
+    assert {c["id"] for c in events} == {events[0]["id"]} and events[0]["id"].startswith("chatcmpl-")
+    assert {c["model"] for c in events} == {model}
+    assert {c["object"] for c in events} == {"chat.completion.chunk"}
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    assert content(lines) == REPLY
+
+
+def test_openai_sync_client_streams(gateway):
+    client = openai.OpenAI(base_url=f"{gateway}/api/v1", api_key="x", max_retries=0)
+    pieces = [
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(model="mistral-large", messages=HELLO, stream=True)
+        if c.choices
+    ]
+    assert "".join(pieces) == REPLY and len(pieces) > 3  # token by token, not one blob
+
+
+async def test_openai_async_client_streams_a_dedicated_answer(gateway):
+    async with openai.AsyncOpenAI(base_url=f"{gateway}/api/v1", api_key="x", max_retries=0) as client:
+        response = await client.chat.completions.create(model="llama-chat", messages=HELLO, stream=True)
+        finish = [c.choices[0].finish_reason async for c in response if c.choices]
+    assert finish[-1] == "stop"
+
+
+async def test_include_usage_adds_a_final_usage_chunk(gateway):
+    _, _, lines = await stream(
+        gateway, {"model": "mistral-large", "messages": HELLO, "stream_options": {"include_usage": True}}
+    )
+    last = chunks(lines)[-1]
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] == len(REPLY.split())
+    _, _, lines = await stream(gateway, {"model": "mistral-large", "messages": HELLO})
+    assert all("usage" not in c for c in chunks(lines))
+
+
+async def test_errors_before_the_first_event_keep_their_status(gateway, emulator):
+    emulator[0].add_fault(Fault(status=429, retry_after="4"))
+    status, headers, lines = await stream(gateway, {"model": "mistral-large", "messages": HELLO})
+    assert status == 429 and headers["Retry-After"] == "4"
+    assert headers["Content-Type"].startswith("application/json")
+    assert status == 429 and json.loads(lines[0])["error"]["type"] == "rate_limit_error"
+    status, _, lines = await stream(gateway, {"model": "nope", "messages": HELLO})
+    assert status == 404
+
+
+async def test_a_stream_broken_midway_ends_with_an_error_event_and_no_done(gateway, emulator):
+    emulator[0].add_fault(Fault(break_stream_after=3))
+    status, _, lines = await stream(gateway, {"model": "mistral-large", "messages": HELLO})
+    assert status == 200
+    assert "data: [DONE]" not in lines
+    error = json.loads(lines[-1][6:])["error"]
+    assert (
+        error["code"] == "upstream_connection_error"
+        and "'mistral-large' broke the stream" in error["message"]
+    )
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_openai_client_raises_on_a_broken_stream(gateway, emulator):
+    emulator[0].add_fault(Fault(break_stream_after=3))
+    client = openai.OpenAI(base_url=f"{gateway}/api/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.APIError, match="broke the stream"):
+        for _ in client.chat.completions.create(model="mistral-large", messages=HELLO, stream=True):
+            pass
+
+
+async def test_client_disconnect_closes_the_upstream_stream_and_service_goes_on(
+    servers, canary_key, start_gateway
+):
+    slow = Emulator(canary_key, stream_delay_s=0.05)
+    server = servers.run(AiohttpServer(slow.app).start())
+    try:
+        base = start_gateway(emulator_config(server.url))
+        long_question = [{"role": "user", "content": " ".join(["word"] * 200)}]  # ~10 s to stream
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                base + CHAT, json={"model": "mistral-large", "messages": long_question, "stream": True}
+            ) as response:
+                await response.content.readline()
+                assert slow.open_streams == 1
+        deadline = time.monotonic() + 2
+        while slow.open_streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert slow.open_streams == 0
+        _, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+        assert content(lines) == REPLY and lines[-1] == "data: [DONE]"
+    finally:
+        servers.run(server.stop())
+
+
+async def test_keepalive_comments_while_a_dedicated_answer_is_prepared(emulator, start_gateway):
+    base = start_gateway(emulator_config(emulator[1], streaming={"keepalive_s": 0.05}))
+    emulator[0].add_fault(Fault(latency_s=0.4))
+    status, _, lines = await stream(base, {"model": "llama-chat", "messages": HELLO})
+    assert status == 200
+    first_chunk = next(i for i, line in enumerate(lines) if line.startswith("data:"))
+    assert first_chunk >= 3 and set(lines[:first_chunk]) == {": keep-alive"}
+    assert content(lines) == REPLY and lines[-1] == "data: [DONE]"
+
+
+async def test_a_stream_longer_than_max_duration_ends_with_an_error(emulator, start_gateway):
+    base = start_gateway(emulator_config(emulator[1], streaming={"keepalive_s": 0.05, "max_duration_s": 0.3}))
+    emulator[0].add_fault(Fault(hang=True))
+    started = time.monotonic()
+    status, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+    assert time.monotonic() - started < 2
+    assert status == 200 and lines[0] == ": keep-alive" and "data: [DONE]" not in lines
+    error = json.loads(lines[-1][6:])["error"]
+    assert error["code"] == "upstream_timeout" and "streaming.max_duration_s (0.3 s)" in error["message"]
+
+
+# --- what an endpoint's stream may look like ------------------------------------------------
+
+
+def chunk_json(delta: dict, finish: str | None = None, **extra) -> str:
+    return json.dumps(
+        {
+            "id": "up-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "up",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
+    )
+
+
+async def raw_upstream(servers, start_gateway, pieces: list[bytes], content_type: str = "text/event-stream"):
+    """A serverless endpoint that writes `pieces` as separate network writes."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        await response.prepare(request)
+        for piece in pieces:
+            await response.write(piece)
+            await asyncio.sleep(0.005)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    server = servers.run(AiohttpServer(app).start())
+    return server, start_gateway(emulator_config(server.url))
+
+
+async def test_sse_framing_edge_cases_are_read_correctly(servers, start_gateway):
+    text = (
+        "data: "
+        + chunk_json({"role": "assistant", "content": ""})
+        + "\r\n\r\n"
+        + ": keep-alive\r\n\r\n"
+        + "data: "
+        + chunk_json({"content": "Grüße, "})
+        + "\r\n\r\n"
+        + "event: message\ndata: "
+        + chunk_json({"content": "世界"})
+        + "\n\n"
+        + "data: "
+        + chunk_json({}, "stop", usage={"prompt_tokens": 1})
+        + "\n\n"
+    )  # no [DONE]
+    raw = text.encode()
+    pieces = [raw[i : i + 7] for i in range(0, len(raw), 7)]  # splits events and UTF-8 characters
+    server, base = await raw_upstream(servers, start_gateway, pieces)
+    try:
+        status, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+    finally:
+        servers.run(server.stop())
+    assert status == 200 and content(lines) == "Grüße, 世界"
+    assert lines[-1] == "data: [DONE]" and all("usage" not in c for c in chunks(lines))
+    assert {c["id"] for c in chunks(lines)} != {"up-1"} and {c["model"] for c in chunks(lines)} == {
+        "mistral-large"
+    }
+
+
+@pytest.mark.parametrize(
+    ("events", "code"),
+    [
+        (["data: " + chunk_json({"content": "cut"}) + "\n\n"], "upstream_stream_truncated"),
+        (
+            ["data: " + chunk_json({"role": "assistant"}) + "\n\n", "data: {not json\n\n"],
+            "bad_upstream_response",
+        ),
+    ],
+)
+async def test_an_unfinished_or_malformed_stream_ends_with_an_error(servers, start_gateway, events, code):
+    server, base = await raw_upstream(servers, start_gateway, [e.encode() for e in events])
+    try:
+        _, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+    finally:
+        servers.run(server.stop())
+    assert "data: [DONE]" not in lines, lines
+    assert json.loads(lines[-1][6:])["error"]["code"] == code, lines
+
+
+async def test_a_malformed_first_event_is_a_502_with_a_status(servers, start_gateway):
+    server, base = await raw_upstream(servers, start_gateway, [b"data: <html>\n\n"])
+    try:
+        status, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+    finally:
+        servers.run(server.stop())
+    assert status == 502 and "endpoint_api_type" in json.loads(lines[0])["error"]["message"]
+
+
+async def test_an_endpoint_that_ignores_stream_still_gives_a_stream(servers, start_gateway):
+    completion = {
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "whole"}, "finish_reason": "stop"}
+        ]
+    }
+    server, base = await raw_upstream(
+        servers, start_gateway, [json.dumps(completion).encode()], content_type="application/json"
+    )
+    try:
+        _, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+    finally:
+        servers.run(server.stop())
+    assert content(lines) == "whole" and lines[-1] == "data: [DONE]"
