@@ -1,0 +1,157 @@
+"""What every benchmark needs: servers in their own processes, pinned to cores, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PYTHON = sys.executable
+KEY = secrets.token_urlsafe(16)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pin(cpu: int | None) -> list[str]:
+    """A command prefix that runs on one core (when the machine has more than one)."""
+    if cpu is None or (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
+        return []
+    return ["taskset", "-c", str(cpu)]
+
+
+def pin_self(cpu: int | None) -> None:
+    if cpu is not None and (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {cpu})
+
+
+class Server:
+    """A server process; stopped when the benchmark ends, whatever happens."""
+
+    def __init__(self, name: str, command: Sequence[str], port: int, health: str, env: dict[str, str]) -> None:
+        self.name, self.port = name, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            list(command), cwd=ROOT, env={**os.environ, **env},
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(self.url + health, timeout=1).close()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"{name} did not start: {self.process.stderr.read()[-2000:]}")
+                time.sleep(0.05)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss_mb(self) -> float:
+        return _status_kb(self.pid, "VmRSS") / 1024
+
+    def peak_rss_mb(self) -> float:
+        return _status_kb(self.pid, "VmHWM") / 1024
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def _status_kb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return float(line.split()[1])
+    return 0.0
+
+
+def start_emulator(cpu: int | None = 0, stream_delay_s: float = 0.0) -> Server:
+    port = free_port()
+    command = [*pin(cpu), PYTHON, "-m", "emulator", "--port", str(port), "--stream-delay", str(stream_delay_s)]
+    return Server("emulator", command, port, "/_emulator/health", {"EMULATOR_KEY": KEY})
+
+
+def gateway_config(upstream: str) -> dict[str, Any]:
+    auth = {"type": "env", "variable": "EMULATOR_KEY"}
+    return {
+        "default_model": "dedicated",
+        "endpoints": [
+            {"name": "dedicated", "endpoint_url": f"{upstream}/score", "endpoint_api_type": "dedicated",
+             "auth": auth, "model_kwargs": {"temperature": 0.7}},
+            {"name": "serverless", "endpoint_url": f"{upstream}/v1/chat/completions",
+             "endpoint_api_type": "serverless", "auth": auth, "model_kwargs": {"temperature": 0.7}},
+        ],
+    }
+
+
+def start_gateway(upstream: str, cpu: int | None = 1, extra_env: dict[str, str] | None = None) -> Server:
+    port = free_port()
+    command = [*pin(cpu), PYTHON, "-m", "uvicorn", "--factory", "shared.asgi:create_app",
+               "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
+               "--backlog", "2048"]
+    env = {"EMULATOR_KEY": KEY, "GATEWAY_CONFIG": json.dumps(gateway_config(upstream)),
+           "GATEWAY_LOG_LEVEL": "WARNING", **(extra_env or {})}
+    return Server("gateway", command, port, "/api/health", env)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile, in the values' unit."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {"p50": round(percentile(values, 50), 3), "p90": round(percentile(values, 90), 3),
+            "p99": round(percentile(values, 99), 3), "n": len(values)}
+
+
+def paired_overhead(rounds_a: Sequence[Sequence[float]], rounds_b: Sequence[Sequence[float]]) -> float:
+    """Median over rounds of (median of b − median of a): robust to drift between rounds."""
+    return round(statistics.median(statistics.median(b) - statistics.median(a)
+                                   for a, b in zip(rounds_a, rounds_b, strict=True)), 3)
+
+
+def machine() -> dict[str, Any]:
+    import aiohttp
+    import starlette
+    import uvicorn
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
+            "platform": platform.platform(), "aiohttp": aiohttp.__version__,
+            "starlette": starlette.__version__, "uvicorn": uvicorn.__version__}
+
+
+def write_results(name: str, result: dict[str, Any], table: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(table)
