@@ -44,12 +44,18 @@ def pin_self(cpu: int | None) -> None:
 class Server:
     """A server process; stopped when the benchmark ends, whatever happens."""
 
-    def __init__(self, name: str, command: Sequence[str], port: int, health: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, name: str, command: Sequence[str], port: int, health: str, env: dict[str, str]
+    ) -> None:
         self.name, self.port = name, port
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            list(command), cwd=ROOT, env={**os.environ, **env},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            list(command),
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         deadline = time.monotonic() + 30
         while True:
@@ -59,7 +65,9 @@ class Server:
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"{name} did not start: {self.process.stderr.read()[-2000:]}")
+                    raise RuntimeError(
+                        f"{name} did not start: {self.process.stderr.read()[-2000:]}"
+                    ) from None
                 time.sleep(0.05)
 
     @property
@@ -94,7 +102,16 @@ def _status_kb(pid: int, field: str) -> float:
 
 def start_emulator(cpu: int | None = 0, stream_delay_s: float = 0.0) -> Server:
     port = free_port()
-    command = [*pin(cpu), PYTHON, "-m", "emulator", "--port", str(port), "--stream-delay", str(stream_delay_s)]
+    command = [
+        *pin(cpu),
+        PYTHON,
+        "-m",
+        "emulator",
+        "--port",
+        str(port),
+        "--stream-delay",
+        str(stream_delay_s),
+    ]
     return Server("emulator", command, port, "/_emulator/health", {"EMULATOR_KEY": KEY})
 
 
@@ -103,21 +120,49 @@ def gateway_config(upstream: str) -> dict[str, Any]:
     return {
         "default_model": "dedicated",
         "endpoints": [
-            {"name": "dedicated", "endpoint_url": f"{upstream}/score", "endpoint_api_type": "dedicated",
-             "auth": auth, "model_kwargs": {"temperature": 0.7}},
-            {"name": "serverless", "endpoint_url": f"{upstream}/v1/chat/completions",
-             "endpoint_api_type": "serverless", "auth": auth, "model_kwargs": {"temperature": 0.7}},
+            {
+                "name": "dedicated",
+                "endpoint_url": f"{upstream}/score",
+                "endpoint_api_type": "dedicated",
+                "auth": auth,
+                "model_kwargs": {"temperature": 0.7},
+            },
+            {
+                "name": "serverless",
+                "endpoint_url": f"{upstream}/v1/chat/completions",
+                "endpoint_api_type": "serverless",
+                "auth": auth,
+                "model_kwargs": {"temperature": 0.7},
+            },
         ],
     }
 
 
 def start_gateway(upstream: str, cpu: int | None = 1, extra_env: dict[str, str] | None = None) -> Server:
     port = free_port()
-    command = [*pin(cpu), PYTHON, "-m", "uvicorn", "--factory", "shared.asgi:create_app",
-               "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
-               "--backlog", "2048"]
-    env = {"EMULATOR_KEY": KEY, "GATEWAY_CONFIG": json.dumps(gateway_config(upstream)),
-           "GATEWAY_LOG_LEVEL": "WARNING", **(extra_env or {})}
+    command = [
+        *pin(cpu),
+        PYTHON,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "shared.asgi:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--backlog",
+        "2048",
+    ]
+    env = {
+        "EMULATOR_KEY": KEY,
+        "GATEWAY_CONFIG": json.dumps(gateway_config(upstream)),
+        "GATEWAY_LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
+    }
     return Server("gateway", command, port, "/api/health", env)
 
 
@@ -129,14 +174,22 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:
-    return {"p50": round(percentile(values, 50), 3), "p90": round(percentile(values, 90), 3),
-            "p99": round(percentile(values, 99), 3), "n": len(values)}
+    return {
+        "p50": round(percentile(values, 50), 3),
+        "p90": round(percentile(values, 90), 3),
+        "p99": round(percentile(values, 99), 3),
+        "n": len(values),
+    }
 
 
 def paired_overhead(rounds_a: Sequence[Sequence[float]], rounds_b: Sequence[Sequence[float]]) -> float:
     """Median over rounds of (median of b − median of a): robust to drift between rounds."""
-    return round(statistics.median(statistics.median(b) - statistics.median(a)
-                                   for a, b in zip(rounds_a, rounds_b, strict=True)), 3)
+    return round(
+        statistics.median(
+            statistics.median(b) - statistics.median(a) for a, b in zip(rounds_a, rounds_b, strict=True)
+        ),
+        3,
+    )
 
 
 def machine() -> dict[str, Any]:
@@ -144,11 +197,23 @@ def machine() -> dict[str, Any]:
     import starlette
     import uvicorn
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "platform": platform.platform(), "aiohttp": aiohttp.__version__,
-            "starlette": starlette.__version__, "uvicorn": uvicorn.__version__}
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "aiohttp": aiohttp.__version__,
+        "starlette": starlette.__version__,
+        "uvicorn": uvicorn.__version__,
+    }
 
 
 def write_results(name: str, result: dict[str, Any], table: str) -> None:

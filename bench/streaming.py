@@ -15,7 +15,6 @@ Writes bench/results/streaming.{json,md}.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,13 +23,24 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import KEY, machine, paired_overhead, pin_self, start_emulator, start_gateway, summary, write_results  # noqa: E402
+from bench.common import (  # noqa: E402
+    KEY,
+    machine,
+    paired_overhead,
+    pin_self,
+    start_emulator,
+    start_gateway,
+    summary,
+    write_results,
+)
 
 WARMUP, ROUNDS, PER_ROUND = 30, 10, 30
 QUESTION = [{"role": "user", "content": " ".join(f"word{i}" for i in range(23))}]
 
 
-async def timed_stream(session: aiohttp.ClientSession, url: str, body: dict, headers: dict) -> tuple[float, float, int]:
+async def timed_stream(
+    session: aiohttp.ClientSession, url: str, body: dict, headers: dict
+) -> tuple[float, float, int]:
     """(time to first chunk, whole stream, events), in ms."""
     started = time.perf_counter()
     first, events = None, 0
@@ -48,24 +58,37 @@ async def timed_stream(session: aiohttp.ClientSession, url: str, body: dict, hea
 async def measure(emulator_url: str, gateway_url: str) -> dict:
     auth = {"Authorization": f"Bearer {KEY}"}
     targets = {
-        "serverless direct": (f"{emulator_url}/v1/chat/completions", {"messages": QUESTION, "stream": True}, auth),
-        "serverless via gateway": (f"{gateway_url}/api/v1/chat/completions",
-                                   {"model": "serverless", "messages": QUESTION, "stream": True}, {}),
+        "serverless direct": (
+            f"{emulator_url}/v1/chat/completions",
+            {"messages": QUESTION, "stream": True},
+            auth,
+        ),
+        "serverless via gateway": (
+            f"{gateway_url}/api/v1/chat/completions",
+            {"model": "serverless", "messages": QUESTION, "stream": True},
+            {},
+        ),
         "dedicated direct (/score, whole answer)": (
-            f"{emulator_url}/score", {"input_data": {"input_string": QUESTION, "parameters": {}}}, auth),
+            f"{emulator_url}/score",
+            {"input_data": {"input_string": QUESTION, "parameters": {}}},
+            auth,
+        ),
         "dedicated via gateway (emulated stream)": (
-            f"{gateway_url}/api/v1/chat/completions", {"model": "dedicated", "messages": QUESTION, "stream": True}, {}),
+            f"{gateway_url}/api/v1/chat/completions",
+            {"model": "dedicated", "messages": QUESTION, "stream": True},
+            {},
+        ),
     }
     ttfc = {name: [] for name in targets}
     whole = {name: [] for name in targets}
     events = {}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4)) as session:
-        for name, (url, body, headers) in targets.items():
+        for url, body, headers in targets.values():
             for _ in range(WARMUP):
                 await timed_stream(session, url, body, headers)
         for round_index in range(ROUNDS):
             order = list(targets.items())
-            order = order[round_index % len(order):] + order[: round_index % len(order)]
+            order = order[round_index % len(order) :] + order[: round_index % len(order)]
             for name, (url, body, headers) in order:
                 samples = [await timed_stream(session, url, body, headers) for _ in range(PER_ROUND)]
                 ttfc[name].append([s[0] for s in samples])
@@ -80,14 +103,22 @@ async def measure(emulator_url: str, gateway_url: str) -> dict:
     first_overhead = paired_overhead(ttfc["serverless direct"], ttfc["serverless via gateway"])
     return {
         "machine": machine(),
-        "method": {"warmup": WARMUP, "rounds": ROUNDS, "per_round": PER_ROUND, "events_per_stream": serverless_events},
+        "method": {
+            "warmup": WARMUP,
+            "rounds": ROUNDS,
+            "per_round": PER_ROUND,
+            "events_per_stream": serverless_events,
+        },
         "ttfc_ms": {name: summary(flat(rounds)) for name, rounds in ttfc.items()},
         "whole_stream_ms": {name: summary(flat(rounds)) for name, rounds in whole.items()},
         "serverless_ttfc_overhead_ms": first_overhead,
         "serverless_whole_stream_overhead_ms": whole_overhead,
-        "serverless_per_chunk_overhead_ms": round((whole_overhead - first_overhead) / max(1, serverless_events - 1), 4),
-        "dedicated_ttfc_overhead_ms": paired_overhead(whole["dedicated direct (/score, whole answer)"],
-                                                      ttfc["dedicated via gateway (emulated stream)"]),
+        "serverless_per_chunk_overhead_ms": round(
+            (whole_overhead - first_overhead) / max(1, serverless_events - 1), 4
+        ),
+        "dedicated_ttfc_overhead_ms": paired_overhead(
+            whole["dedicated direct (/score, whole answer)"], ttfc["dedicated via gateway (emulated stream)"]
+        ),
     }
 
 

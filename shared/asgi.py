@@ -20,12 +20,13 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from .errors import GatewayError, MethodNotAllowedError, NotFoundError
 from .http import REQUEST_ID_HEADER, GatewayApi, error_response
 from .logs import bind_request_id
+from .openapi import openapi_document
 
 #: The example front-end: streams an answer with plain fetch and SSE parsing.
 CHAT_PAGE = Path(__file__).parent / "web" / "chat.html"
@@ -45,9 +46,13 @@ def build_app(api: GatewayApi) -> Starlette:
         await api.aclose()
 
     chat_page = HTMLResponse(CHAT_PAGE.read_bytes())
+    openapi = JSONResponse(openapi_document())
 
     async def chat(request: Request) -> Response:
         return chat_page
+
+    async def openapi_json(request: Request) -> Response:
+        return openapi
 
     cors = api.gateway.config.cors
     middleware = (
@@ -70,6 +75,7 @@ def build_app(api: GatewayApi) -> Starlette:
             Route("/api/v1/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/api/v1/models", api.models, methods=["GET"]),
             Route("/api/health", api.health, methods=["GET"]),
+            Route("/api/openapi.json", openapi_json, methods=["GET"]),
             Route("/", chat, methods=["GET"]),
         ],
         middleware=middleware,
@@ -79,15 +85,14 @@ def build_app(api: GatewayApi) -> Starlette:
 
 
 async def _routing_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
     error: GatewayError
-    if exc.status_code == 405:
+    if isinstance(exc, HTTPException) and exc.status_code == 405:
         error = MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}.")
         error.headers.update(exc.headers or {})
     else:
         error = NotFoundError(
             f"No route {request.url.path}; the gateway serves POST /api/v1/chat/completions, "
-            "GET /api/v1/models and GET /api/health."
+            "GET /api/v1/models, GET /api/health and GET /api/openapi.json."
         )
     response = error_response(error)
     response.headers[REQUEST_ID_HEADER] = bind_request_id(request.headers.get(REQUEST_ID_HEADER))

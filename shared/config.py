@@ -71,6 +71,8 @@ class EndpointConfig(_Model):
     extra_parameters: Literal["pass-through", "drop", "error"] | None = None
     timeout_s: float = Field(default=60.0, gt=0, le=600)
     max_retries: int = Field(default=2, ge=0, le=10)
+    fallbacks: list[str] = Field(default_factory=list)
+    max_concurrency: int | None = Field(default=128, ge=1)
 
     @property
     def api_type(self) -> ApiType:
@@ -117,6 +119,21 @@ class CredentialSettings(_Model):
     timeout_s: float = Field(default=10.0, gt=0, le=120)
 
 
+class ResilienceSettings(_Model):
+    """Retries, their backoff, and the cooldown of endpoints that keep failing."""
+
+    #: Everything a request may take before its answer starts, retries and fallbacks included.
+    request_timeout_s: float = Field(default=180.0, gt=0)
+    backoff_s: float = Field(default=0.5, ge=0)
+    max_backoff_s: float = Field(default=8.0, ge=0)
+    #: A `Retry-After` longer than this is not waited for: the caller gets it instead.
+    max_retry_after_s: float = Field(default=20.0, ge=0)
+    #: Requests in a row that fail (after retries) before an endpoint is skipped ...
+    cooldown_failures: int = Field(default=3, ge=1)
+    #: ... for this long.
+    cooldown_s: float = Field(default=30.0, ge=0)
+
+
 class StreamingSettings(_Model):
     """How `"stream": true` answers are paced."""
 
@@ -153,6 +170,8 @@ class GatewayConfig(_Model):
     default_model: str | None = None
     endpoints: list[EndpointConfig] = Field(min_length=1)
     max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
+    max_messages: int = Field(default=512, ge=1)
+    resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)
     credentials: CredentialSettings = Field(default_factory=CredentialSettings)
     streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
@@ -164,6 +183,15 @@ class GatewayConfig(_Model):
             if endpoint.name in seen:
                 raise ValueError(f"two endpoints are named {endpoint.name!r}; names must be unique")
             seen.add(endpoint.name)
+        for endpoint in self.endpoints:
+            for fallback in endpoint.fallbacks:
+                if fallback not in seen or fallback == endpoint.name:
+                    raise ValueError(
+                        f"endpoint {endpoint.name!r}: fallback {fallback!r} is not the name of another "
+                        f"endpoint (names: {', '.join(sorted(seen))})"
+                    )
+            if len(set(endpoint.fallbacks)) != len(endpoint.fallbacks):
+                raise ValueError(f"endpoint {endpoint.name!r}: fallbacks lists an endpoint twice")
         if self.default_model is not None and self.default_model not in seen:
             raise ValueError(
                 f"default_model {self.default_model!r} is not the name of an endpoint "

@@ -28,6 +28,8 @@ class GatewayError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: Mapping[str, str] | None = None,
+        upstream_status: int | None = None,
+        transient: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -35,6 +37,10 @@ class GatewayError(Exception):
         if code is not None:
             self.code = code
         self.headers = dict(headers or {})
+        #: The endpoint's HTTP status, when this error reports one.
+        self.upstream_status = upstream_status
+        #: A connection failure or a timeout: worth another try.
+        self.transient = transient
 
     def body(self) -> dict:
         return error_body(self.message, type=self.type, code=self.code, param=self.param)
@@ -78,6 +84,12 @@ class UpstreamThrottledError(GatewayError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limited"
+
+
+class ConcurrencyLimitError(UpstreamThrottledError):
+    """This process already has `max_concurrency` calls in flight to the endpoint."""
+
+    code = "endpoint_concurrency_limit"
 
 
 class UpstreamError(GatewayError):
@@ -132,9 +144,14 @@ def upstream_status_error(
     endpoint: str, status: int, body: bytes, retry_after: str | None = None
 ) -> GatewayError:
     """The error the caller gets when endpoint `endpoint` answered HTTP `status` (>= 400)."""
-    said = f"endpoint {endpoint!r} answered HTTP {status}"
-    detail = _upstream_message(body)
-    throttle_headers = {"Retry-After": retry_after} if retry_after else None
+    error = _status_error(f"endpoint {endpoint!r} answered HTTP {status}", status, _upstream_message(body))
+    error.upstream_status = status
+    if retry_after and status in (429, 503):
+        error.headers["Retry-After"] = retry_after
+    return error
+
+
+def _status_error(said: str, status: int, detail: str) -> GatewayError:
     if status in (400, 422):
         return InvalidRequestError(
             f"{said}: the endpoint rejected the request{detail}", code="upstream_rejected_request"
@@ -149,18 +166,14 @@ def upstream_status_error(
         return UpstreamError(
             f"{said}: check endpoint_url and deployment_name{detail}", code="upstream_not_found"
         )
-    if status == 408 or status == 504:
+    if status in (408, 504):
         return UpstreamTimeoutError(f"{said}: it timed out{detail}")
     if status == 413:
         return RequestTooLargeError(f"{said}: the request is too large for it{detail}")
     if status == 429:
-        return UpstreamThrottledError(
-            f"{said}: it is throttling requests; retry later{detail}", headers=throttle_headers
-        )
+        return UpstreamThrottledError(f"{said}: it is throttling requests; retry later{detail}")
     if status == 503:
-        return ServiceUnavailableError(
-            f"{said}: it is unavailable{detail}", code="upstream_unavailable", headers=throttle_headers
-        )
+        return ServiceUnavailableError(f"{said}: it is unavailable{detail}", code="upstream_unavailable")
     if status == 424:
         return UpstreamError(f"{said}: its model container failed{detail}")
     return UpstreamError(f"{said}{detail}")

@@ -34,8 +34,14 @@ def build_upstream_request(
     messages: list[dict[str, Any]],
     params: dict[str, Any],
     credential: str,
+    *,
+    client_request_id: str | None = None,
 ) -> UpstreamRequest:
-    """The call to make for `messages`, authorized with `credential` (a key or a token)."""
+    """The call to make for `messages`, authorized with `credential` (a key or a token).
+
+    Nothing of the caller's request but its messages, its parameters and its request id reaches
+    the endpoint: the headers are built here, from the configuration.
+    """
     formatter = endpoint.formatter
     body = formatter.format_messages_request_payload(
         messages, merge_parameters(endpoint, params), endpoint.api_type
@@ -49,4 +55,7 @@ def build_upstream_request(
         headers["azureml-model-deployment"] = endpoint.deployment_name
     if endpoint.extra_parameters and endpoint.api_type is ApiType.SERVERLESS:
         headers["extra-parameters"] = endpoint.extra_parameters
+    if client_request_id:
+        # Azure ML's traffic logs record it as XMSClientRequestId: one id across both sides.
+        headers["x-ms-client-request-id"] = client_request_id
     return UpstreamRequest(endpoint.name, endpoint.endpoint_url, headers, body)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any
 
 from .chat import ChatRequest, chat_completion
@@ -13,6 +15,7 @@ from .config import EndpointConfig, GatewayConfig, load_config
 from .credentials import Credentials
 from .errors import (
     INTERNAL_ERROR_BODY,
+    ConcurrencyLimitError,
     GatewayError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -22,7 +25,8 @@ from .errors import (
     upstream_status_error,
 )
 from .formatters import ApiType, ChatResult
-from .logs import get_logger
+from .logs import current_request_id, get_logger
+from .retry import Backoff, Cooldowns, parse_retry_after, retryable
 from .routing import build_upstream_request
 from .streaming import DONE, ChunkIds, SSEDecoder, error_event, event, normalized_chunk, paced, result_chunks
 from .transport import Transport, UpstreamResponse, UpstreamStream
@@ -31,6 +35,24 @@ log = get_logger("gateway.service")
 
 Messages = list[dict[str, Any]]
 Params = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What one request asks every endpoint it may try."""
+
+    messages: Messages
+    params: Params
+    stream: bool = False
+    include_usage: bool = False
+
+    def params_for(self, endpoint: EndpointConfig) -> Params:
+        if not (self.stream and endpoint.api_type is ApiType.SERVERLESS):
+            return self.params
+        extra: Params = {"stream": True}
+        if self.include_usage:
+            extra["stream_options"] = {"include_usage": True}
+        return {**self.params, **extra}
 
 
 class Gateway:
@@ -47,6 +69,10 @@ class Gateway:
         self.config = config
         self._credentials = credentials or Credentials(settings=config.credentials)
         self._transport = transport or Transport()
+        resilience = config.resilience
+        self._backoff = Backoff(resilience.backoff_s, resilience.max_backoff_s, resilience.max_retry_after_s)
+        self._cooldowns = Cooldowns(resilience.cooldown_failures, resilience.cooldown_s)
+        self._in_flight: dict[str, int] = {}
         self._model_list = {
             "object": "list",
             "data": [
@@ -76,11 +102,20 @@ class Gateway:
             )
         return endpoint
 
+    def _endpoint_of(self, request: ChatRequest) -> EndpointConfig:
+        if len(request.messages) > self.config.max_messages:
+            raise InvalidRequestError(
+                f"messages: this gateway takes at most {self.config.max_messages} messages "
+                f"(max_messages); got {len(request.messages)}",
+                param="messages",
+            )
+        return self.endpoint_for(request.model)
+
     async def chat(self, request: ChatRequest) -> dict[str, Any]:
         """The `chat.completion` for a validated request."""
-        endpoint = self.endpoint_for(request.model)
-        result = await self._complete(endpoint, request.message_dicts(), request.parameters())
-        return chat_completion(result, model=endpoint.name)
+        endpoint = self._endpoint_of(request)
+        answered_by, result = await self._complete(endpoint, request.message_dicts(), request.parameters())
+        return chat_completion(result, model=answered_by.name)
 
     async def chat_stream(self, request: ChatRequest) -> AsyncIterator[bytes]:
         """The SSE events of a `"stream": true` request.
@@ -88,7 +123,7 @@ class Gateway:
         Failures before the first event raise, so the caller still gets a status code; after
         it, they end the stream with an error event and no `[DONE]`.
         """
-        endpoint = self.endpoint_for(request.model)
+        endpoint = self._endpoint_of(request)
         settings = self.config.streaming
         events = paced(
             self._stream_events(endpoint, request),
@@ -115,29 +150,20 @@ class Gateway:
             yield event(INTERNAL_ERROR_BODY)
 
     async def _stream_events(self, endpoint: EndpointConfig, request: ChatRequest) -> AsyncIterator[bytes]:
-        ids = ChunkIds(endpoint.name)
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        messages, params = request.message_dicts(), request.parameters()
-        if endpoint.api_type is ApiType.DEDICATED:
-            # /score does not stream: the same events, from the whole answer.
-            result = await self._complete(endpoint, messages, params)
-            for chunk in result_chunks(result, ids, include_usage=include_usage):
-                yield chunk
-            yield DONE
-            return
-        params["stream"] = True
-        if include_usage:
-            params["stream_options"] = {"include_usage": True}
+        call = Call(request.message_dicts(), request.parameters(), stream=True, include_usage=include_usage)
         async with AsyncExitStack() as stack:
-            upstream = await self._open(endpoint, messages, params, stack)
+            answered_by, upstream = await self._open(endpoint, call, stack)
+            ids = ChunkIds(answered_by.name)
             if "text/event-stream" not in upstream.content_type:
-                # An endpoint that answered the whole completion at once.
-                result = self._read_result(endpoint, await upstream.read())
+                # /score does not stream (nor does an endpoint that ignored "stream"): the same
+                # events, made from the whole answer.
+                result = self._read_result(answered_by, await upstream.read())
                 for chunk in result_chunks(result, ids, include_usage=include_usage):
                     yield chunk
                 yield DONE
                 return
-            async for chunk in self._relay(endpoint, upstream, ids, include_usage):
+            async for chunk in self._relay(answered_by, upstream, ids, include_usage):
                 yield chunk
 
     async def _relay(
@@ -183,36 +209,113 @@ class Gateway:
                 code="bad_upstream_response",
             ) from None
 
-    async def _complete(self, endpoint: EndpointConfig, messages: Messages, params: Params) -> ChatResult:
+    async def _complete(
+        self, endpoint: EndpointConfig, messages: Messages, params: Params
+    ) -> tuple[EndpointConfig, ChatResult]:
         async with AsyncExitStack() as stack:
-            upstream = await self._open(endpoint, messages, params, stack, streaming=False)
+            answered_by, upstream = await self._open(endpoint, Call(messages, params), stack)
             response = await upstream.read()
-        return self._read_result(endpoint, response)
+        return answered_by, self._read_result(answered_by, response)
 
     async def _open(
-        self,
-        endpoint: EndpointConfig,
-        messages: Messages,
-        params: Params,
-        stack: AsyncExitStack,
-        *,
-        streaming: bool = True,
+        self, endpoint: EndpointConfig, call: Call, stack: AsyncExitStack
+    ) -> tuple[EndpointConfig, UpstreamStream]:
+        """The first endpoint that answers yes: `endpoint`, retried, then its fallbacks in
+        order. The answer's status is < 400; leaving `stack` releases it."""
+        deadline = asyncio.get_running_loop().time() + self.config.resilience.request_timeout_s
+        failures: list[GatewayError] = []
+        for candidate in (endpoint, *(self.endpoint_for(name) for name in endpoint.fallbacks)):
+            blocked = self._cooldowns.blocked(candidate.name)
+            if blocked is not None:
+                failures.append(blocked)
+                continue
+            try:
+                upstream = await self._tries(candidate, call, stack, deadline)
+            except ConcurrencyLimitError as exc:
+                failures.append(exc)
+                continue
+            except InvalidRequestError as exc:
+                if candidate is endpoint:
+                    raise
+                log.info("fallback %r cannot take this request: %s", candidate.name, exc.message)
+                continue
+            except GatewayError as exc:
+                if not retryable(exc):
+                    raise
+                self._cooldowns.failed(candidate.name, exc)
+                failures.append(exc)
+                log.warning("endpoint %r failed: %s", candidate.name, exc.message)
+                continue
+            self._cooldowns.succeeded(candidate.name)
+            return candidate, upstream
+        raise failures[-1]
+
+    async def _tries(
+        self, endpoint: EndpointConfig, call: Call, stack: AsyncExitStack, deadline: float
     ) -> UpstreamStream:
-        """Call the endpoint; its answer once it says yes. A refused credential is fetched again
-        once (a rotated key); an error status raises the matching gateway error."""
-        for attempt in (1, 2):
+        """`endpoint`, tried again after retryable failures, at most `max_retries` times. One of
+        its in-flight slots is held until the caller is done with the answer."""
+        release = self._acquire_slot(endpoint)
+        try:
+            upstream = await self._retried(endpoint, call, stack, deadline)
+        except BaseException:
+            release()
+            raise
+        stack.callback(release)
+        return upstream
+
+    async def _retried(
+        self, endpoint: EndpointConfig, call: Call, stack: AsyncExitStack, deadline: float
+    ) -> UpstreamStream:
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise UpstreamTimeoutError(
+                    f"endpoint {endpoint.name!r} gave no answer within resilience.request_timeout_s "
+                    f"({self.config.resilience.request_timeout_s:g} s)",
+                    transient=True,
+                )
+            try:
+                return await self._attempt(endpoint, call, stack, min(endpoint.timeout_s, remaining))
+            except GatewayError as exc:
+                if attempt >= endpoint.max_retries or not retryable(exc):
+                    raise
+                delay = self._backoff.delay(attempt, parse_retry_after(exc.headers.get("Retry-After")))
+                if delay is None or loop.time() + delay >= deadline:
+                    raise
+                attempt += 1
+                log.info(
+                    "endpoint %r: %s; try %d of %d in %.2f s",
+                    endpoint.name,
+                    exc.message,
+                    attempt + 1,
+                    endpoint.max_retries + 1,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _attempt(
+        self, endpoint: EndpointConfig, call: Call, stack: AsyncExitStack, timeout_s: float
+    ) -> UpstreamStream:
+        """One call of `endpoint`; a refused credential is fetched again, once (a rotated key)."""
+        params = call.params_for(endpoint)
+        for refetched in (False, True):
             credential = await self._credentials.get(endpoint)
-            upstream_request = build_upstream_request(endpoint, messages, params, credential)
+            upstream_request = build_upstream_request(
+                endpoint, call.messages, params, credential, client_request_id=current_request_id()
+            )
             answer_stack = AsyncExitStack()
             upstream = await answer_stack.enter_async_context(
-                self._transport.stream(upstream_request, timeout_s=endpoint.timeout_s, streaming=streaming)
+                self._transport.stream(upstream_request, timeout_s=timeout_s, streaming=call.stream)
             )
             if upstream.status < 400:
                 stack.push_async_exit(answer_stack)
                 return upstream
             async with answer_stack:
                 response = await upstream.read()
-            if attempt == 1 and response.status in (401, 403) and self._credentials.refreshable(endpoint):
+            if not refetched and response.status in (401, 403) and self._credentials.refreshable(endpoint):
                 log.warning(
                     "endpoint %r refused its credential (HTTP %d); fetching it again",
                     endpoint.name,
@@ -220,10 +323,30 @@ class Gateway:
                 )
                 self._credentials.invalidate(endpoint, credential)
                 continue
-            log.warning("endpoint %r answered HTTP %d", endpoint.name, response.status)
             error = upstream_status_error(endpoint.name, response.status, response.body, response.retry_after)
             raise _scrubbed(error, credential)
         raise AssertionError("unreachable")
+
+    def _acquire_slot(self, endpoint: EndpointConfig) -> Callable[[], None]:
+        """Count one more call in flight to `endpoint`, or answer 429 at once beyond its
+        `max_concurrency`; returns the release."""
+        in_flight = self._in_flight.get(endpoint.name, 0)
+        if endpoint.max_concurrency is not None and in_flight >= endpoint.max_concurrency:
+            raise ConcurrencyLimitError(
+                f"endpoint {endpoint.name!r} already has {in_flight} requests in flight (its "
+                "max_concurrency); retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        self._in_flight[endpoint.name] = in_flight + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._in_flight[endpoint.name] -= 1
+
+        return release
 
     def _read_result(self, endpoint: EndpointConfig, response: UpstreamResponse) -> ChatResult:
         try:

@@ -57,7 +57,6 @@ class Transport:
         self._connection_limit = connection_limit
         self._connect_timeout_s = connect_timeout_s
         self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[tuple[float, bool], aiohttp.ClientTimeout] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -69,16 +68,10 @@ class Transport:
 
     def _timeout(self, timeout_s: float, streaming: bool) -> aiohttp.ClientTimeout:
         """A whole call bounded by `timeout_s`; a stream by `timeout_s` between two reads."""
-        timeout = self._timeouts.get((timeout_s, streaming))
-        if timeout is None:
-            connect = min(timeout_s, self._connect_timeout_s)
-            timeout = (
-                aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=timeout_s)
-                if streaming
-                else aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect)
-            )
-            self._timeouts[(timeout_s, streaming)] = timeout
-        return timeout
+        connect = min(timeout_s, self._connect_timeout_s)
+        if streaming:
+            return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=timeout_s)
+        return aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect)
 
     async def post(self, request: UpstreamRequest, *, timeout_s: float) -> UpstreamResponse:
         """POST the request and read the whole answer, whatever its status."""
@@ -122,15 +115,21 @@ def _error(exc: Exception, endpoint: str, timeout_s: float, *, streaming: bool) 
         return exc
     if isinstance(exc, TimeoutError):
         what = "sent nothing for" if streaming else "did not answer within"
-        return UpstreamTimeoutError(f"endpoint {endpoint!r} {what} its timeout_s ({timeout_s:g} s)")
+        return UpstreamTimeoutError(
+            f"endpoint {endpoint!r} {what} its timeout_s ({timeout_s:g} s)", transient=True
+        )
     if isinstance(exc, aiohttp.ClientConnectorError):
         return ServiceUnavailableError(
-            f"endpoint {endpoint!r} cannot be reached ({_reason(exc)})", code="upstream_unreachable"
+            f"endpoint {endpoint!r} cannot be reached ({_reason(exc)})",
+            code="upstream_unreachable",
+            transient=True,
         )
     if isinstance(exc, aiohttp.ClientError):
         what = "broke the stream" if streaming else "broke the connection"
         return UpstreamError(
-            f"endpoint {endpoint!r} {what} ({type(exc).__name__})", code="upstream_connection_error"
+            f"endpoint {endpoint!r} {what} ({type(exc).__name__})",
+            code="upstream_connection_error",
+            transient=True,
         )
     return exc
 

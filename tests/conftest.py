@@ -41,7 +41,10 @@ def emulator(servers: BackgroundLoop, canary_key: str) -> Iterator[tuple[Emulato
 
 
 def emulator_config(url: str, **top: Any) -> dict[str, Any]:
-    """A dedicated and a serverless endpoint on the emulator at `url`, keys from EMULATOR_KEY."""
+    """A dedicated and a serverless endpoint on the emulator at `url`, keys from EMULATOR_KEY.
+
+    No retries, so one injected fault shows its own answer (the resilience tests turn them on).
+    """
     auth = {"type": "env", "variable": "EMULATOR_KEY"}
     return {
         "default_model": "llama-chat",
@@ -54,6 +57,7 @@ def emulator_config(url: str, **top: Any) -> dict[str, Any]:
                 "auth": auth,
                 "model_kwargs": {"temperature": 0.8, "max_new_tokens": 512},
                 "timeout_s": 5,
+                "max_retries": 0,
             },
             {
                 "name": "mistral-large",
@@ -63,6 +67,7 @@ def emulator_config(url: str, **top: Any) -> dict[str, Any]:
                 "auth": auth,
                 "model_kwargs": {"temperature": 0.7},
                 "timeout_s": 5,
+                "max_retries": 0,
             },
         ],
         **top,

@@ -1,0 +1,156 @@
+"""The OpenAPI document of the gateway's HTTP API, served by the local server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .chat import ChatRequest
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+_COMPLETION = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "chat.completion"},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "message", "finish_reason"],
+                "properties": {
+                    "index": {"type": "integer"},
+                    "message": {"type": "object", "required": ["role"]},
+                    "finish_reason": {"type": ["string", "null"]},
+                },
+            },
+        },
+        "usage": {"type": "object"},
+    },
+}
+
+_MODELS = {
+    "type": "object",
+    "required": ["object", "data"],
+    "properties": {
+        "object": {"const": "list"},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "object"],
+                "properties": {"id": {"type": "string"}},
+            },
+        },
+    },
+}
+
+_ERROR_STATUSES = {
+    "400": "Invalid request: bad JSON, a field that fails validation, or parameters the endpoint cannot take",
+    "404": "Unknown model",
+    "413": "Request body larger than max_request_bytes",
+    "429": "The endpoint is throttling, or its max_concurrency is reached (see Retry-After)",
+    "502": "The endpoint answered badly",
+    "503": "The endpoint, or its key or token, is unavailable",
+    "504": "The endpoint did not answer in time",
+}
+
+
+def _errors(*statuses: str) -> dict[str, Any]:
+    return {
+        status: {
+            "description": _ERROR_STATUSES[status],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for status in statuses
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    request_schema = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = request_schema.pop("$defs", {})
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Azure ML chat gateway",
+            "version": "1.0.0",
+            "description": "OpenAI Chat Completions in front of Azure Machine Learning online endpoints.",
+        },
+        "paths": {
+            "/api/v1/chat/completions": {
+                "post": {
+                    "operationId": "createChatCompletion",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "A chat.completion, or with stream=true server-sent chat.completion.chunk "
+                            "events ending in data: [DONE]",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/ChatCompletion"}
+                                },
+                                "text/event-stream": {"schema": {"type": "string"}},
+                            },
+                        },
+                        **_errors("400", "404", "413", "429", "502", "503", "504"),
+                    },
+                }
+            },
+            "/api/v1/models": {
+                "get": {
+                    "operationId": "listModels",
+                    "responses": {
+                        "200": {
+                            "description": "One model per configured endpoint",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/ModelList"}}
+                            },
+                        }
+                    },
+                }
+            },
+            "/api/health": {
+                "get": {
+                    "operationId": "health",
+                    "responses": {
+                        "200": {
+                            "description": "Alive",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                **components,
+                "ChatRequest": request_schema,
+                "ChatCompletion": _COMPLETION,
+                "ModelList": _MODELS,
+                "Error": _ERROR,
+            }
+        },
+    }

@@ -1,0 +1,107 @@
+"""Retries, backoff and cooldowns: the one place that decides when to try an endpoint again.
+
+Retried: connection failures, timeouts, and HTTP 408, 429, 500, 502, 503 and 504, with
+exponential backoff and full jitter, honouring `Retry-After`, within the request's deadline.
+An endpoint that keeps failing is skipped for a cooldown, so its fallbacks answer at once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+from .errors import GatewayError, ServiceUnavailableError, UpstreamThrottledError
+
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delay-seconds or an HTTP date; None if
+    absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def retryable(error: GatewayError) -> bool:
+    """Worth another try of the same endpoint (or a fallback): the endpoint was unreachable,
+    timed out, throttled, or failed with a 5xx that may pass."""
+    return error.transient or error.upstream_status in RETRYABLE_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Delays between tries: `base_s * 2**attempt`, capped, with full jitter; an endpoint's
+    `Retry-After` instead, unless it asks for more than `max_retry_after_s`."""
+
+    base_s: float = 0.5
+    max_s: float = 8.0
+    max_retry_after_s: float = 20.0
+
+    def delay(
+        self, attempt: int, retry_after_s: float | None, rand: Callable[[], float] = random.random
+    ) -> float | None:
+        """Seconds to wait before retry number `attempt + 1`; None: waiting is not worth it."""
+        if retry_after_s is not None:
+            return retry_after_s if retry_after_s <= self.max_retry_after_s else None
+        return rand() * min(self.max_s, self.base_s * 2**attempt)
+
+
+class Cooldowns:
+    """Endpoints that failed `threshold` requests in a row, skipped for `cooldown_s` (per process).
+
+    After the cooldown one request may try the endpoint again; a success closes the circuit, a
+    failure opens it for another cooldown.
+    """
+
+    def __init__(
+        self, threshold: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._threshold = threshold
+        self._cooldown_s = cooldown_s
+        self._clock = clock
+        self._failures: dict[str, int] = {}
+        self._until: dict[str, tuple[float, bool]] = {}
+
+    def blocked(self, name: str) -> GatewayError | None:
+        """The error to answer with while `name` cools down, or None if it may be tried."""
+        until = self._until.get(name)
+        if until is None:
+            return None
+        remaining = until[0] - self._clock()
+        if remaining <= 0:
+            del self._until[name]  # half-open: this request tries it
+            self._failures[name] = self._threshold - 1
+            return None
+        retry_after = {"Retry-After": str(max(1, round(remaining)))}
+        if until[1]:
+            return UpstreamThrottledError(
+                f"endpoint {name!r} is throttling requests; retry later", headers=retry_after
+            )
+        return ServiceUnavailableError(
+            f"endpoint {name!r} failed repeatedly and is paused for {remaining:.0f} s",
+            code="endpoint_cooling_down",
+            headers=retry_after,
+        )
+
+    def failed(self, name: str, error: GatewayError) -> None:
+        failures = self._failures.get(name, 0) + 1
+        self._failures[name] = failures
+        if failures >= self._threshold:
+            self._until[name] = (self._clock() + self._cooldown_s, error.status == 429)
+
+    def succeeded(self, name: str) -> None:
+        self._failures.pop(name, None)
+        self._until.pop(name, None)
