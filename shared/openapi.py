@@ -47,6 +47,13 @@ _COMPLETION = {
     },
 }
 
+#: One server-sent event: its data is a chat.completion.chunk, an error object, or [DONE].
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+}
+
 _MODELS = {
     "type": "object",
     "required": ["object", "data"],
@@ -112,7 +119,7 @@ def openapi_document() -> dict[str, Any]:
                                 "application/json": {
                                     "schema": {"$ref": "#/components/schemas/ChatCompletion"}
                                 },
-                                "text/event-stream": {"schema": {"type": "string"}},
+                                "text/event-stream": {"schema": _SSE_EVENT},
                             },
                         },
                         **_errors("400", "404", "413", "429", "502", "503", "504"),
