@@ -82,10 +82,18 @@ def start_gateway(servers: BackgroundLoop, canary_key: str) -> Iterator[GatewayF
     """Start a gateway (local server) for a configuration; returns its base URL."""
     started: list[UvicornServer] = []
 
-    def start(config: dict[str, Any], environ: dict[str, str] | None = None, **options: Any) -> str:
+    def start(
+        config: dict[str, Any],
+        environ: dict[str, str] | None = None,
+        *,
+        transport: Any = None,
+        **options: Any,
+    ) -> str:
         env = {"GATEWAY_CONFIG": json.dumps(config), "EMULATOR_KEY": canary_key, **(environ or {})}
         loaded = load_config(env)
-        gateway = Gateway(loaded, credentials=Credentials(env, loaded.credentials, **options))
+        gateway = Gateway(
+            loaded, credentials=Credentials(env, loaded.credentials, **options), transport=transport
+        )
         server = servers.run(UvicornServer(build_app(GatewayApi(gateway))).start())
         started.append(server)
         return server.url
