@@ -14,8 +14,9 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 dev: $(VENV)/.installed  ## the gateway on http://127.0.0.1:7071 with the emulator as its upstream
 	$(PY) scripts/dev.py
 
-test: $(VENV)/.installed  ## the whole test suite
+test: $(VENV)/.installed  ## the whole test suite, then the offline checks of infra/
 	$(PY) -m pytest
+	bash scripts/check_infra.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-checkov .pytest_cache
