@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: dev test clean
+.PHONY: dev test bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ dev: $(VENV)/.installed  ## the gateway on http://127.0.0.1:7071 with the emulat
 test: $(VENV)/.installed  ## the whole test suite, then the offline checks of infra/
 	$(PY) -m pytest
 	bash scripts/check_infra.sh
+
+bench: $(VENV)/.installed  ## the benchmark: bench/results/benchmark.{json,md}, latency.png (about 8 minutes)
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null || { echo "bench needs wrk: apt-get install wrk"; exit 1; }
+	$(PY) -m pip install --quiet -r bench/requirements.txt
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) .venv-checkov .pytest_cache

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import secrets
 import time
-import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -61,9 +63,9 @@ class StreamOptions(_Open):
 _GATEWAY_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
 
 
-class ChatRequest(_Open):
-    """`model` picks the endpoint; every other field except the stream switches is a sampling
-    parameter that overrides the endpoint's `model_kwargs` for this request only."""
+class ChatCompletionRequest(_Open):
+    """The request's schema: `model` picks the endpoint; every other field except the stream
+    switches is a parameter that overrides the endpoint's `model_kwargs` for this request only."""
 
     model: str | None = Field(default=None, min_length=1)
     messages: list[Message] = Field(min_length=1)
@@ -86,20 +88,23 @@ class ChatRequest(_Open):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
-    def message_dicts(self) -> list[dict[str, Any]]:
-        """The messages as the caller sent them (fields they did not send stay absent)."""
-        return [m.model_dump(exclude_unset=True) for m in self.messages]
 
-    def parameters(self) -> dict[str, Any]:
-        """The caller's sampling parameters; explicit nulls mean "the endpoint's default"."""
-        fields = self.model_dump(exclude=_GATEWAY_FIELDS, exclude_unset=True)
-        return {name: value for name, value in fields.items() if value is not None}
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A validated request, as the caller sent it: what the gateway forwards."""
+
+    model: str | None
+    messages: list[dict[str, Any]]
+    #: The caller's parameters; explicit nulls (meaning "the endpoint's default") left out.
+    parameters: dict[str, Any]
+    stream: bool = False
+    include_usage: bool = False
 
 
 def parse_chat_request(body: bytes) -> ChatRequest:
     """Parse and validate a request body; raise `InvalidRequestError` naming the bad field."""
     try:
-        return ChatRequest.model_validate_json(body)
+        request = ChatCompletionRequest.model_validate_json(body)
     except ValidationError as exc:
         # Of a union's alternatives, the deepest error is the one about what the caller meant.
         error = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))
@@ -109,6 +114,15 @@ def parse_chat_request(body: bytes) -> ChatRequest:
             raise InvalidRequestError("The request body must be a JSON object.") from None
         param = _param(error["loc"])
         raise InvalidRequestError(f"{param}: {_message(error)}", param=param) from None
+    # Forward the caller's own JSON rather than a re-serialized model: faster, and exactly as sent.
+    sent = json.loads(body)
+    return ChatRequest(
+        model=request.model,
+        messages=sent["messages"],
+        parameters={k: v for k, v in sent.items() if k not in _GATEWAY_FIELDS and v is not None},
+        stream=request.stream,
+        include_usage=bool(request.stream_options and request.stream_options.include_usage),
+    )
 
 
 def _param(loc: tuple[Any, ...]) -> str:
@@ -141,7 +155,7 @@ def _message(error: dict[str, Any]) -> str:
 def chat_completion(result: ChatResult, *, model: str) -> dict[str, Any]:
     """The normalized OpenAI `chat.completion` object for an endpoint's answer."""
     completion: dict[str, Any] = {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "id": f"chatcmpl-{secrets.token_hex(16)}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,

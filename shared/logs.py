@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
+import secrets
 from contextvars import ContextVar
 from typing import Any
 
@@ -19,7 +19,7 @@ _ACCEPTABLE_ID = re.compile(r"^[0-9A-Za-z._:@/+=-]{1,128}$")
 
 def bind_request_id(candidate: str | None) -> str:
     """Use the caller's `x-request-id` if it is sane, else a new one; bind it to this context."""
-    request_id = candidate if candidate and _ACCEPTABLE_ID.match(candidate) else uuid.uuid4().hex
+    request_id = candidate if candidate and _ACCEPTABLE_ID.match(candidate) else secrets.token_hex(16)
     _request_id.set(request_id)
     return request_id
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .chat import ChatRequest
+from .chat import ChatCompletionRequest
 
 _ERROR = {
     "type": "object",
@@ -92,7 +92,7 @@ def _errors(*statuses: str) -> dict[str, Any]:
 
 
 def openapi_document() -> dict[str, Any]:
-    request_schema = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    request_schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     components = request_schema.pop("$defs", {})
     return {
         "openapi": "3.1.0",
@@ -108,7 +108,9 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {
                         "required": True,
                         "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}
+                            }
                         },
                     },
                     "responses": {
@@ -154,7 +156,7 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": {
                 **components,
-                "ChatRequest": request_schema,
+                "ChatCompletionRequest": request_schema,
                 "ChatCompletion": _COMPLETION,
                 "ModelList": _MODELS,
                 "Error": _ERROR,

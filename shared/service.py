@@ -114,7 +114,7 @@ class Gateway:
     async def chat(self, request: ChatRequest) -> dict[str, Any]:
         """The `chat.completion` for a validated request."""
         endpoint = self._endpoint_of(request)
-        answered_by, result = await self._complete(endpoint, request.message_dicts(), request.parameters())
+        answered_by, result = await self._complete(endpoint, request.messages, request.parameters)
         return chat_completion(result, model=answered_by.name)
 
     async def chat_stream(self, request: ChatRequest) -> AsyncIterator[bytes]:
@@ -150,8 +150,8 @@ class Gateway:
             yield event(INTERNAL_ERROR_BODY)
 
     async def _stream_events(self, endpoint: EndpointConfig, request: ChatRequest) -> AsyncIterator[bytes]:
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        call = Call(request.message_dicts(), request.parameters(), stream=True, include_usage=include_usage)
+        include_usage = request.include_usage
+        call = Call(request.messages, request.parameters, stream=True, include_usage=include_usage)
         async with AsyncExitStack() as stack:
             answered_by, upstream = await self._open(endpoint, call, stack)
             ids = ChunkIds(answered_by.name)
@@ -306,15 +306,15 @@ class Gateway:
             upstream_request = build_upstream_request(
                 endpoint, call.messages, params, credential, client_request_id=current_request_id()
             )
-            answer_stack = AsyncExitStack()
-            upstream = await answer_stack.enter_async_context(
-                self._transport.stream(upstream_request, timeout_s=timeout_s, streaming=call.stream)
-            )
+            answer = self._transport.stream(upstream_request, timeout_s=timeout_s, streaming=call.stream)
+            upstream = await answer.__aenter__()
             if upstream.status < 400:
-                stack.push_async_exit(answer_stack)
+                stack.push_async_exit(answer.__aexit__)  # released when the caller is done with it
                 return upstream
-            async with answer_stack:
+            try:
                 response = await upstream.read()
+            finally:
+                await answer.__aexit__(None, None, None)
             if not refetched and response.status in (401, 403) and self._credentials.refreshable(endpoint):
                 log.warning(
                     "endpoint %r refused its credential (HTTP %d); fetching it again",

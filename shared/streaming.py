@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import codecs
 import json
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +37,7 @@ class ChunkIds:
     """What every chunk of one response shares: one id, one timestamp, the gateway's model name."""
 
     model: str
-    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    id: str = field(default_factory=lambda: f"chatcmpl-{secrets.token_hex(16)}")
     created: int = field(default_factory=lambda: int(time.time()))
 
     def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:

@@ -53,7 +53,9 @@ class Transport:
     request of the process; `aclose` closes it.
     """
 
-    def __init__(self, *, connection_limit: int = 256, connect_timeout_s: float = 10.0) -> None:
+    def __init__(self, *, connection_limit: int = 0, connect_timeout_s: float = 10.0) -> None:
+        """`connection_limit` 0: no pool-wide cap; each endpoint's `max_concurrency` bounds its
+        connections instead, so one busy endpoint cannot starve the others."""
         self._connection_limit = connection_limit
         self._connect_timeout_s = connect_timeout_s
         self._session: aiohttp.ClientSession | None = None

@@ -129,7 +129,7 @@ def test_openapi_document_is_served(gateway):
     with urllib.request.urlopen(gateway + "/api/openapi.json") as r:
         document = json.load(r)
     assert set(document["paths"]) == {"/api/v1/chat/completions", "/api/v1/models", "/api/health"}
-    assert "ChatRequest" in document["components"]["schemas"]
+    assert "ChatCompletionRequest" in document["components"]["schemas"]
 
 
 def test_gateway_errors_all_have_documented_statuses():

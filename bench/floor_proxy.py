@@ -1,0 +1,76 @@
+"""The floor: the least a Python gateway can do, to measure ours against.
+
+An aiohttp server with one pooled client session: read the body, parse the JSON, check it has
+messages, serialize it again, forward it with the key, and return the answer (a stream is copied
+chunk by chunk). No configuration, no formatters, no errors worth the name.
+
+    EMULATOR_KEY=... python bench/floor_proxy.py --port 7073 --upstream http://127.0.0.1:7072
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import aiohttp
+from aiohttp import web
+
+
+def build_app(upstream: str, key: str) -> web.Application:
+    url = upstream.rstrip("/") + "/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    app = web.Application()
+
+    async def session_context(app: web.Application):
+        app["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        yield
+        await app["session"].close()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        data = json.loads(await request.read())
+        if not isinstance(data.get("messages"), list):
+            return web.json_response({"error": "messages"}, status=400)
+        data.pop("model", None)
+        async with app["session"].post(url, data=json.dumps(data), headers=headers) as upstream_response:
+            if not data.get("stream"):
+                return web.Response(
+                    body=await upstream_response.read(),
+                    status=upstream_response.status,
+                    content_type=upstream_response.content_type,
+                )
+            response = web.StreamResponse(
+                status=upstream_response.status, headers={"Content-Type": "text/event-stream"}
+            )
+            await response.prepare(request)
+            async for chunk in upstream_response.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app.cleanup_ctx.append(session_context)
+    app.router.add_post("/api/v1/chat/completions", chat)
+    app.router.add_get("/api/health", health)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=7073)
+    parser.add_argument("--upstream", required=True)
+    args = parser.parse_args()
+    web.run_app(
+        build_app(args.upstream, os.environ["EMULATOR_KEY"]),
+        host="127.0.0.1",
+        port=args.port,
+        backlog=2048,
+        access_log=None,
+        print=None,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,476 @@
+"""The gateway's benchmark: what it adds to every call, measured against a bare proxy.
+
+    make bench            (or: .venv/bin/python bench/run.py [--quick])
+
+Starts on 127.0.0.1: the emulator (core 0), the gateway's local server (one worker, core 1) and
+the floor — a bare aiohttp forwarding proxy (bench/floor_proxy.py, core 1) — and measures each
+against the emulator called directly, in the same run:
+- sequential latency: interleaved rounds, warm-up excluded, p50/p90/p99 and the paired overhead;
+- throughput and latency from 1 to 256 connections (wrk on core 0), errors counted;
+- streaming: time to first chunk and per-chunk cost;
+- memory: RSS idle, peak under load, and with 1,000 open streams;
+- cold start: importing function_app (and what each dependency costs), and the time from
+  starting the server to its first answered chat request;
+- Key Vault reads per 1,000 requests at concurrency 50 (bench/vault_reads.py).
+Writes bench/results/benchmark.{json,md} and latency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import streaming, vault_reads  # noqa: E402
+from bench.common import (  # noqa: E402
+    KEY,
+    PYTHON,
+    RESULTS,
+    ROOT,
+    Server,
+    free_port,
+    gateway_config,
+    machine,
+    paired_overhead,
+    pin,
+    pin_self,
+    start_emulator,
+    start_gateway,
+    summary,
+)
+
+BODY = {"model": "serverless", "messages": [{"role": "user", "content": "Hello there, how are you today?"}]}
+CONCURRENCY = [1, 8, 32, 128, 256]
+
+
+def start_floor(upstream: str, cpu: int = 1) -> Server:
+    port = free_port()
+    command = [*pin(cpu), PYTHON, "bench/floor_proxy.py", "--port", str(port), "--upstream", upstream]
+    return Server("floor", command, port, "/api/health", {"EMULATOR_KEY": KEY})
+
+
+def targets(emulator: Server, floor: Server, gateway: Server) -> dict[str, tuple[str, dict, dict]]:
+    direct_body = {k: v for k, v in BODY.items() if k != "model"}
+    return {
+        "direct": (f"{emulator.url}/v1/chat/completions", direct_body, {"Authorization": f"Bearer {KEY}"}),
+        "floor": (f"{floor.url}/api/v1/chat/completions", BODY, {}),
+        "gateway": (f"{gateway.url}/api/v1/chat/completions", BODY, {}),
+    }
+
+
+async def sequential(
+    named: dict[str, tuple[str, dict, dict]], warmup: int, rounds: int, per_round: int
+) -> dict:
+    samples: dict[str, list[list[float]]] = {name: [] for name in named}
+    async with aiohttp.ClientSession() as session:
+
+        async def once(url: str, body: dict, headers: dict) -> float:
+            started = time.perf_counter()
+            async with session.post(url, json=body, headers=headers) as response:
+                await response.read()
+                assert response.status == 200, response.status
+            return (time.perf_counter() - started) * 1000
+
+        for url, body, headers in named.values():
+            for _ in range(warmup):
+                await once(url, body, headers)
+        order = list(named.items())
+        for index in range(rounds):
+            for name, (url, body, headers) in order[index % len(order) :] + order[: index % len(order)]:
+                samples[name].append([await once(url, body, headers) for _ in range(per_round)])
+    result = {name: summary([v for batch in rounds_ for v in batch]) for name, rounds_ in samples.items()}
+    for name in ("floor", "gateway"):
+        result[name]["overhead_p50"] = round(result[name]["p50"] - result["direct"]["p50"], 3)
+        result[name]["overhead_paired"] = paired_overhead(samples["direct"], samples[name])
+    return result
+
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+{auth}
+"""
+
+
+def wrk(url: str, body: dict, headers: dict, connections: int, seconds: int, server: Server) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        auth = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
+        script.write(WRK_SCRIPT.format(body=json.dumps(body), auth=auth))
+    base = [
+        *pin(0),
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        script.name,
+        url,
+    ]
+    subprocess.run([*base[:-4], "-d2s", *base[-4:]], capture_output=True, check=True)  # warm-up
+    peak = [server.rss_mb()]
+    running = True
+
+    def sample() -> None:
+        while running:
+            peak.append(server.rss_mb())
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample)
+    cpu_before = server.cpu_seconds()
+    sampler.start()
+    output = subprocess.run(
+        [*base[:-4], f"-d{seconds}s", *base[-4:]], capture_output=True, text=True, check=True
+    ).stdout
+    running = False
+    sampler.join()
+    cpu = server.cpu_seconds() - cpu_before
+    os.unlink(script.name)
+    requests = int(re.search(r"(\d+) requests in", output).group(1))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    latency = {q: _ms(re.search(rf"^\s+{q}%\s+(\S+)", output, re.M).group(1)) for q in ("50", "90", "99")}
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "p50_ms": latency["50"],
+        "p90_ms": latency["90"],
+        "p99_ms": latency["99"],
+        "errors": (sum(map(int, errors.groups())) if errors else 0)
+        + (int(non_2xx.group(1)) if non_2xx else 0),
+        "server_cpu_ms_per_request": round(cpu * 1000 / max(requests, 1), 4),
+        "server_rss_peak_mb": round(max(peak), 1),
+    }
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    return round(float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit], 3)
+
+
+async def open_streams(gateway_url: str, count: int, server: Server) -> float:
+    """The gateway's RSS while `count` streams are open at once (the emulator paces them)."""
+    long_question = [{"role": "user", "content": " ".join(["word"] * 30)}]
+    connector = aiohttp.TCPConnector(limit=0)
+    opened = asyncio.Event()
+    started = 0
+
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=180)
+    ) as session:
+
+        async def one() -> None:
+            nonlocal started
+            body = {"model": "serverless", "messages": long_question, "stream": True}
+            async with session.post(f"{gateway_url}/api/v1/chat/completions", json=body) as response:
+                await response.content.readline()
+                started += 1
+                if started == count:
+                    opened.set()
+                await response.read()
+
+        tasks = [asyncio.create_task(one()) for _ in range(count)]
+        await asyncio.wait_for(opened.wait(), 60)
+        rss = server.rss_mb()
+        await asyncio.gather(*tasks)
+    return round(rss, 1)
+
+
+def import_costs() -> dict:
+    env = {
+        **os.environ,
+        "GATEWAY_CONFIG": json.dumps(gateway_config("http://127.0.0.1:9")),
+        "EMULATOR_KEY": "k",
+    }
+
+    def wall(statement: str, runs: int = 5) -> float:
+        times = []
+        for _ in range(runs + 1):
+            started = time.perf_counter()
+            subprocess.run(
+                [*pin(1), PYTHON, "-c", statement], cwd=ROOT, env=env, check=True, capture_output=True
+            )
+            times.append(time.perf_counter() - started)
+        return statistics.median(times[1:]) * 1000
+
+    bare = wall("pass")
+    modules = [
+        "azure.functions",
+        "azurefunctions.extensions.http.fastapi",
+        "starlette.applications",
+        "pydantic",
+        "aiohttp",
+        "azure.identity.aio",
+        "azure.keyvault.secrets.aio",
+        "shared.asgi",
+        "function_app",
+    ]
+    return {
+        "bare_python_ms": round(bare, 1),
+        **{module: round(wall(f"import {module}") - bare, 1) for module in modules},
+    }
+
+
+def time_to_first_answer(emulator: Server) -> float:
+    port = free_port()
+    env = {**os.environ, "EMULATOR_KEY": KEY, "GATEWAY_CONFIG": json.dumps(gateway_config(emulator.url))}
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [
+            *pin(1),
+            PYTHON,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "shared.asgi:create_app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/chat/completions",
+            data=json.dumps(BODY).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        while True:
+            try:
+                urllib.request.urlopen(request, timeout=2).close()
+                return round((time.perf_counter() - started) * 1000, 1)
+            except OSError:
+                time.sleep(0.01)
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def chart(throughput: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, levels in throughput.items():
+        conns = sorted(int(c) for c in levels)
+        left.plot(conns, [levels[str(c)]["p50_ms"] for c in conns], marker="o", label=name)
+        right.plot(conns, [levels[str(c)]["rps"] for c in conns], marker="o", label=name)
+    for axis, title in ((left, "latency p50 (ms)"), (right, "throughput (req/s)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent connections")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def table(result: dict) -> str:
+    seq, thr, stream, mem = (
+        result["sequential_ms"],
+        result["throughput"],
+        result["streaming"],
+        result["memory_mb"],
+    )
+    ratios = result["ratios"]
+    lines = [
+        f"Machine: {result['machine']['cpus']} × {result['machine']['cpu_model']}, Python {result['machine']['python']}, "
+        f"aiohttp {result['machine']['aiohttp']}, starlette {result['machine']['starlette']}, "
+        f"uvicorn {result['machine']['uvicorn']}",
+        "",
+        "| sequential (ms) | p50 | p90 | p99 | added p50 | added, paired |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in seq.items():
+        lines.append(
+            f"| {name} | {row['p50']} | {row['p90']} | {row['p99']} | {row.get('overhead_p50', '—')} "
+            f"| {row.get('overhead_paired', '—')} |"
+        )
+    lines += [
+        "",
+        "| connections | " + " | ".join(f"{n} req/s (p50 ms)" for n in thr) + " |",
+        "| --- |" + " --- |" * len(thr),
+    ]
+    for conns in thr["direct"]:
+        cells = [
+            f"{thr[n][conns]['rps']:.0f} ({thr[n][conns]['p50_ms']}), {thr[n][conns]['errors']} err"
+            for n in thr
+        ]
+        lines.append(f"| {conns} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| streaming | first chunk added (ms) | per chunk (ms) |",
+        "| --- | --- | --- |",
+        f"| floor | {stream['floor_ttfc_overhead_ms']} | {stream['floor_per_chunk_ms']} |",
+        f"| gateway, serverless relay | {stream['gateway_ttfc_overhead_ms']} | {stream['gateway_per_chunk_ms']} |",
+        f"| gateway, dedicated emulation | {stream['dedicated_ttfc_overhead_ms']} | — |",
+        "",
+        "| memory (MB) | idle | peak at 256 connections | 1,000 open streams |",
+        "| --- | --- | --- | --- |",
+        f"| floor | {mem['floor']['idle']} | {mem['floor']['peak_load']} | — |",
+        f"| gateway | {mem['gateway']['idle']} | {mem['gateway']['peak_load']} | {mem['gateway']['open_streams_1000']} |",
+        "",
+        f"Cold start: `import function_app` {result['cold_start']['imports']['function_app']} ms above a bare "
+        f"interpreter; first answered request {result['cold_start']['first_answer_ms']} ms after starting the server.",
+        f"Key Vault: {result['vault']['vault_reads_per_1000_requests']} reads per 1,000 requests at concurrency 50.",
+        "",
+        "| target (ratio gateway / floor) | measured | goal |",
+        "| --- | --- | --- |",
+        f"| sequential overhead p50 | {ratios['sequential_overhead']} | ≤ 1.3 |",
+        f"| throughput at 32 | {ratios['throughput_32']} | ≥ 0.8 |",
+        f"| throughput at 256 | {ratios['throughput_256']} | ≥ 0.8 |",
+        f"| stream first-chunk overhead | {ratios['stream_ttfc_overhead']} | ≤ 1.3 |",
+        f"| peak RSS under load | {ratios['peak_rss']} | ≤ 2 |",
+        f"| cold import of function_app (s) | {result['cold_start']['imports']['function_app'] / 1000:.2f} | ≤ 1.5 |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke check")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("bench: needs wrk (apt-get install wrk)")
+    seconds, rounds = (3, 4) if args.quick else (8, 10)
+
+    emulator = start_emulator(cpu=0)
+    slow_emulator = start_emulator(cpu=0, stream_delay_s=0.5)
+    gateway = start_gateway(emulator.url, cpu=1)
+    floor = start_floor(emulator.url, cpu=1)
+    slow_gateway = start_gateway(slow_emulator.url, cpu=1)
+    servers = [emulator, slow_emulator, gateway, floor, slow_gateway]
+    try:
+        pin_self(0)
+        named = targets(emulator, floor, gateway)
+        seq = asyncio.run(sequential(named, 30, rounds, 30))
+        memory = {
+            "floor": {"idle": round(floor.rss_mb(), 1)},
+            "gateway": {"idle": round(gateway.rss_mb(), 1)},
+        }
+        throughput = {name: {} for name in named}
+        server_of = {"direct": emulator, "floor": floor, "gateway": gateway}
+        for conns in CONCURRENCY:
+            for name, (url, body, headers) in named.items():
+                throughput[name][str(conns)] = wrk(url, body, headers, conns, seconds, server_of[name])
+        for name in ("floor", "gateway"):
+            memory[name]["peak_load"] = max(
+                level["server_rss_peak_mb"] for level in throughput[name].values()
+            )
+        stream = asyncio.run(stream_figures(emulator, floor, gateway))
+        memory["gateway"]["open_streams_1000"] = asyncio.run(
+            open_streams(slow_gateway.url, 1000, slow_gateway)
+        )
+    finally:
+        for server in servers:
+            server.stop()
+    cold = {"imports": import_costs(), "first_answer_ms": None}
+    emulator = start_emulator(cpu=0)
+    try:
+        cold["first_answer_ms"] = time_to_first_answer(emulator)
+    finally:
+        emulator.stop()
+    vault = asyncio.run(vault_reads.main())
+
+    result = {
+        "machine": machine(),
+        "sequential_ms": seq,
+        "throughput": throughput,
+        "streaming": stream,
+        "memory_mb": memory,
+        "cold_start": cold,
+        "vault": {k: vault[k] for k in ("vault_reads", "token_requests", "vault_reads_per_1000_requests")},
+    }
+    result["ratios"] = {
+        "sequential_overhead": round(seq["gateway"]["overhead_paired"] / seq["floor"]["overhead_paired"], 2),
+        "throughput_32": round(throughput["gateway"]["32"]["rps"] / throughput["floor"]["32"]["rps"], 2),
+        "throughput_256": round(throughput["gateway"]["256"]["rps"] / throughput["floor"]["256"]["rps"], 2),
+        "stream_ttfc_overhead": round(
+            stream["gateway_ttfc_overhead_ms"] / stream["floor_ttfc_overhead_ms"], 2
+        ),
+        "peak_rss": round(memory["gateway"]["peak_load"] / memory["floor"]["peak_load"], 2),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "benchmark.md").write_text(table(result))
+    chart(throughput, RESULTS / "latency.png")
+    print(table(result))
+
+
+async def stream_figures(emulator: Server, floor: Server, gateway: Server) -> dict:
+    question = streaming.QUESTION
+    named = {
+        "direct": (
+            f"{emulator.url}/v1/chat/completions",
+            {"messages": question, "stream": True},
+            {"Authorization": f"Bearer {KEY}"},
+        ),
+        "floor": (
+            f"{floor.url}/api/v1/chat/completions",
+            {"model": "serverless", "messages": question, "stream": True},
+            {},
+        ),
+        "gateway": (
+            f"{gateway.url}/api/v1/chat/completions",
+            {"model": "serverless", "messages": question, "stream": True},
+            {},
+        ),
+        "score direct": (
+            f"{emulator.url}/score",
+            {"input_data": {"input_string": question, "parameters": {}}},
+            {"Authorization": f"Bearer {KEY}"},
+        ),
+        "dedicated": (
+            f"{gateway.url}/api/v1/chat/completions",
+            {"model": "dedicated", "messages": question, "stream": True},
+            {},
+        ),
+    }
+    ttfc: dict[str, list[list[float]]] = {n: [] for n in named}
+    whole: dict[str, list[list[float]]] = {n: [] for n in named}
+    events = 0
+    async with aiohttp.ClientSession() as session:
+        for url, body, headers in named.values():
+            for _ in range(20):
+                await streaming.timed_stream(session, url, body, headers)
+        for _ in range(8):
+            for name, (url, body, headers) in named.items():
+                samples = [await streaming.timed_stream(session, url, body, headers) for _ in range(25)]
+                ttfc[name].append([s[0] for s in samples])
+                whole[name].append([s[1] for s in samples])
+                events = samples[-1][2] if name == "gateway" else events
+    figures = {"events_per_stream": events}
+    for name in ("floor", "gateway"):
+        first = paired_overhead(ttfc["direct"], ttfc[name])
+        total = paired_overhead(whole["direct"], whole[name])
+        figures[f"{name}_ttfc_overhead_ms"] = first
+        figures[f"{name}_per_chunk_ms"] = round((total - first) / max(1, events - 1), 4)
+    figures["dedicated_ttfc_overhead_ms"] = paired_overhead(whole["score direct"], ttfc["dedicated"])
+    return figures
+
+
+if __name__ == "__main__":
+    main()
