@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from shared.asgi import server_command  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 PYTHON = sys.executable
 KEY = secrets.token_urlsafe(16)
@@ -146,22 +150,16 @@ def start_gateway(upstream: str, cpu: int | None = 1, extra_env: dict[str, str] 
     port = free_port()
     command = [
         *pin(cpu),
-        PYTHON,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "shared.asgi:create_app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        "--backlog",
-        "2048",
-        # e.g. "--http h11 --loop asyncio", to measure without httptools / uvloop
-        *os.environ.get("BENCH_UVICORN_ARGS", "").split(),
+        *server_command(
+            port,
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--backlog",
+            "2048",
+            # e.g. "--http h11 --loop asyncio", to measure without httptools / uvloop
+            *os.environ.get("BENCH_UVICORN_ARGS", "").split(),
+        ),
     ]
     env = {
         "EMULATOR_KEY": KEY,

@@ -52,6 +52,7 @@ from bench.common import (  # noqa: E402
     start_gateway,
     summary,
 )
+from shared.asgi import server_command  # noqa: E402
 
 BODY = {"model": "serverless", "messages": [{"role": "user", "content": "Hello there, how are you today?"}]}
 CONCURRENCY = [1, 8, 32, 128, 256]
@@ -231,18 +232,7 @@ def time_to_first_answer(emulator: Server) -> float:
     env = {**os.environ, "EMULATOR_KEY": KEY, "GATEWAY_CONFIG": json.dumps(gateway_config(emulator.url))}
     started = time.perf_counter()
     process = subprocess.Popen(
-        [
-            *pin(1),
-            PYTHON,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "shared.asgi:create_app",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
+        [*pin(1), *server_command(port, "--log-level", "warning")],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -16,6 +16,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from shared.asgi import server_command  # noqa: E402
+
 GATEWAY_PORT, EMULATOR_PORT = 7071, 7072
 
 TRY_IT = f"""
@@ -57,18 +61,7 @@ def main() -> None:
         print(TRY_IT, flush=True)
         children.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "--factory",
-                    "shared.asgi:create_app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(GATEWAY_PORT),
-                    "--no-access-log",
-                ],
+                server_command(GATEWAY_PORT, "--no-access-log"),
                 cwd=ROOT,
                 env=env,
             )

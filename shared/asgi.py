@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,6 +31,22 @@ from .openapi import openapi_document
 
 #: The example front-end: streams an answer with plain fetch and SSE parsing.
 CHAT_PAGE = Path(__file__).parent / "web" / "chat.html"
+
+
+def server_command(port: int, *options: str, host: str = "127.0.0.1") -> list[str]:
+    """The command line that serves `create_app` with uvicorn (as `make dev` runs it)."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "shared.asgi:create_app",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *options,
+    ]
 
 
 def create_app(environ: Mapping[str, str] | None = None) -> Starlette:

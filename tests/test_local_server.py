@@ -6,10 +6,11 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
+
+from shared.asgi import server_command
 
 from .conftest import emulator_config
 
@@ -22,17 +23,7 @@ def free_port() -> int:
 
 def start_uvicorn(env: dict[str, str], port: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "shared.asgi:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        server_command(port),
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
