@@ -135,33 +135,46 @@ async def paced(
     events: AsyncIterator[bytes], *, keepalive_s: float, max_duration_s: float, on_timeout: GatewayError
 ) -> AsyncIterator[bytes]:
     """`events`, with a keep-alive comment whenever none came for `keepalive_s`, and
-    `on_timeout` raised once the whole stream has taken `max_duration_s`."""
+    `on_timeout` raised once the whole stream has taken `max_duration_s`.
+
+    One task drives `events` for the whole stream and hands each item over a queue, so waiting
+    with a timeout costs a timer per item, not a task.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_duration_s
-    pending: asyncio.Future[bytes] | None = None
+    handover: asyncio.Queue[tuple[bytes | None, BaseException | None]] = asyncio.Queue(maxsize=1)
+
+    async def produce() -> None:
+        try:
+            async for item in events:
+                await handover.put((item, None))
+        except Exception as exc:  # raised where the caller reads, after what came before it
+            await handover.put((None, exc))
+        else:
+            await handover.put((None, None))
+
+    producer = asyncio.create_task(produce())
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(events))
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise on_timeout
-            done, _ = await asyncio.wait((pending,), timeout=min(keepalive_s, remaining))
-            if not done:
+            try:
+                async with asyncio.timeout(min(keepalive_s, remaining)):
+                    item, error = await handover.get()
+            except TimeoutError:
                 if loop.time() < deadline:
                     yield KEEPALIVE
                 continue
-            try:
-                item = pending.result()
-            except StopAsyncIteration:
+            if error is not None:
+                raise error
+            if item is None:
                 return
-            pending = None
             yield item
     finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-            try:
-                await pending
-            except (asyncio.CancelledError, Exception):
-                pass
+        producer.cancel()
+        try:
+            await producer
+        except (asyncio.CancelledError, Exception):
+            pass
         await events.aclose()
