@@ -306,7 +306,7 @@ class Gateway:
             upstream_request = build_upstream_request(
                 endpoint, call.messages, params, credential, client_request_id=current_request_id()
             )
-            answer = self._transport.stream(upstream_request, timeout_s=timeout_s, streaming=call.stream)
+            answer = self._transport.send(upstream_request, timeout_s=timeout_s, streaming=call.stream)
             upstream = await answer.__aenter__()
             if upstream.status < 400:
                 stack.push_async_exit(answer.__aexit__)  # released when the caller is done with it

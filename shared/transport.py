@@ -75,13 +75,8 @@ class Transport:
             return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=timeout_s)
         return aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect)
 
-    async def post(self, request: UpstreamRequest, *, timeout_s: float) -> UpstreamResponse:
-        """POST the request and read the whole answer, whatever its status."""
-        async with self.stream(request, timeout_s=timeout_s, streaming=False) as response:
-            return await response.read()
-
     @asynccontextmanager
-    async def stream(
+    async def send(
         self, request: UpstreamRequest, *, timeout_s: float, streaming: bool = True
     ) -> AsyncIterator[UpstreamStream]:
         """POST the request; the answer's status and headers, its body to be read as it comes.
