@@ -152,10 +152,15 @@ def _message(error: dict[str, Any]) -> str:
     return error["msg"].removeprefix("Value error, ")
 
 
+def completion_id() -> str:
+    """A new OpenAI-style completion id."""
+    return f"chatcmpl-{secrets.token_hex(16)}"
+
+
 def chat_completion(result: ChatResult, *, model: str) -> dict[str, Any]:
     """The normalized OpenAI `chat.completion` object for an endpoint's answer."""
     completion: dict[str, Any] = {
-        "id": f"chatcmpl-{secrets.token_hex(16)}",
+        "id": completion_id(),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,

@@ -171,20 +171,11 @@ class Gateway:
     ) -> AsyncIterator[bytes]:
         """The endpoint's chunks, normalized, then `[DONE]`: also when the endpoint ended a
         finished answer without one, but never after an answer cut short."""
-        decoder, finished = SSEDecoder(), False
-        async for raw in upstream.chunks():
-            for data in decoder.feed(raw):
-                if data.strip() == "[DONE]":
-                    yield DONE
-                    return
-                chunk, finished_now = self._chunk(endpoint, data, ids, include_usage)
-                finished = finished or finished_now
-                if chunk is not None:
-                    yield chunk
-        for data in decoder.close():
+        finished = False
+        async for data in _event_data(upstream):
             if data.strip() == "[DONE]":
-                finished = True
-                continue
+                yield DONE
+                return
             chunk, finished_now = self._chunk(endpoint, data, ids, include_usage)
             finished = finished or finished_now
             if chunk is not None:
@@ -371,6 +362,16 @@ class Gateway:
     async def aclose(self) -> None:
         await self._transport.aclose()
         await self._credentials.aclose()
+
+
+async def _event_data(upstream: UpstreamStream) -> AsyncIterator[str]:
+    """The data of each event the endpoint sends, the last one included if it lacks its blank line."""
+    decoder = SSEDecoder()
+    async for raw in upstream.chunks():
+        for data in decoder.feed(raw):
+            yield data
+    for data in decoder.close():
+        yield data
 
 
 def _scrubbed(error: GatewayError, secret: str) -> GatewayError:

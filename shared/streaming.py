@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import json
-import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .chat import completion_id
 from .errors import GatewayError
-from .formatters import ChatResult
+from .formatters import ChatResult, dumps
 
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
@@ -25,7 +24,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def event(data: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + dumps(data) + b"\n\n"
 
 
 def error_event(error: GatewayError) -> bytes:
@@ -37,7 +36,7 @@ class ChunkIds:
     """What every chunk of one response shares: one id, one timestamp, the gateway's model name."""
 
     model: str
-    id: str = field(default_factory=lambda: f"chatcmpl-{secrets.token_hex(16)}")
+    id: str = field(default_factory=completion_id)
     created: int = field(default_factory=lambda: int(time.time()))
 
     def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
@@ -111,8 +110,7 @@ class SSEDecoder:
 
     def close(self) -> list[str]:
         """The last event, if the stream ended without the blank line that completes it."""
-        events = self._lines(self._pending + self._text.decode(b"", final=True) + "\n\n")
-        return events
+        return self._lines(self._pending + self._text.decode(b"", final=True) + "\n\n")
 
     def _lines(self, text: str) -> list[str]:
         events: list[str] = []
