@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import from_json
 
 from .errors import InvalidRequestError
 from .formatters import ChatResult
@@ -115,7 +115,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         param = _param(error["loc"])
         raise InvalidRequestError(f"{param}: {_message(error)}", param=param) from None
     # Forward the caller's own JSON rather than a re-serialized model: faster, and exactly as sent.
-    sent = json.loads(body)
+    sent = from_json(body)
     return ChatRequest(
         model=request.model,
         messages=sent["messages"],

@@ -74,7 +74,7 @@ class EndpointConfig(_Model):
     fallbacks: list[str] = Field(default_factory=list)
     max_concurrency: int | None = Field(default=128, ge=1)
 
-    @property
+    @cached_property
     def api_type(self) -> ApiType:
         if self.endpoint_api_type == "realtime":
             return ApiType.DEDICATED

@@ -7,10 +7,11 @@ their arguments. The names and the methods to override are those of LangChain's
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
+
+from pydantic_core import from_json, to_json
 
 from .errors import InvalidRequestError, ResponseFormatError
 
@@ -45,14 +46,16 @@ class ChatResult:
 
 
 def dumps(payload: Any) -> bytes:
-    """The one JSON encoding of request bodies: compact UTF-8, text exactly as sent."""
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    """The one JSON encoding of request bodies and answers: compact UTF-8, text exactly as
+    sent, NaN and infinities as null (pydantic-core's encoder: several times faster than the
+    json module's)."""
+    return to_json(payload, inf_nan_mode="null")
 
 
 def loads(output: bytes) -> Any:
     try:
-        return json.loads(output)
-    except (ValueError, UnicodeDecodeError):
+        return from_json(output)
+    except ValueError:
         raise ResponseFormatError("the body is not JSON") from None
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
+from starlette import responses
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from .chat import parse_chat_request
 from .errors import INTERNAL_ERROR_BODY, GatewayError, InvalidRequestError, RequestTooLargeError
+from .formatters import dumps
 from .logs import bind_request_id, get_logger
 from .service import Gateway
 from .streaming import SSE_HEADERS
@@ -24,6 +27,13 @@ log = get_logger("gateway.http")
 REQUEST_ID_HEADER = "x-request-id"
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+class JSONResponse(responses.JSONResponse):
+    """Rendered with the gateway's one JSON encoder."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
 
 
 class GatewayApi:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic_core import from_json
 
 from .chat import ChatRequest, chat_completion
 from .config import EndpointConfig, GatewayConfig, load_config
@@ -192,7 +193,7 @@ class Gateway:
         endpoint: EndpointConfig, data: str, ids: ChunkIds, include_usage: bool
     ) -> tuple[bytes | None, bool]:
         try:
-            return normalized_chunk(json.loads(data), ids, include_usage=include_usage)
+            return normalized_chunk(from_json(data), ids, include_usage=include_usage)
         except ValueError:
             raise UpstreamError(
                 f"endpoint {endpoint.name!r} sent a stream event that is not a "

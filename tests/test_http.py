@@ -103,6 +103,31 @@ async def test_request_parameters_override_model_kwargs_for_that_request_only(ga
     assert "max_tokens" not in fourth and "seed" not in fourth
 
 
+async def test_numbers_and_text_reach_the_endpoint_exactly_as_sent(gateway, emulator):
+    emu, _ = emulator
+    # An integer wider than 64 bits and a float JSON writes with an exponent, in a field the
+    # gateway does not know: forwarded with every digit, not rounded through a double.
+    raw = (
+        '{"model": "mistral-large", "messages": [{"role": "user", "content": "Ünï \\u2713"}], '
+        '"seed": 123456789012345678901234567890, "x_custom": [1.5e-7, 1e+20]}'
+    ).encode()
+    status, _, body = await post(gateway, None, raw=raw)
+    assert status == 200, body
+    sent = emu.requests[-1].raw_body
+    assert b'"seed":123456789012345678901234567890' in sent
+    assert json.loads(sent)["x_custom"] == [1.5e-7, 1e20]
+    assert json.loads(sent)["messages"][0]["content"] == "Ünï ✓"
+
+
+async def test_an_answer_with_nan_becomes_valid_json(gateway, emulator):
+    emulator[0].add_fault(
+        Fault(body='{"choices": [{"message": {"content": "hi"}, "finish_reason": "stop", "logprobs": NaN}]}')
+    )
+    status, _, body = await post(gateway, {"model": "mistral-large", "messages": HELLO})
+    assert status == 200, body
+    assert json.loads(body, parse_constant=pytest.fail)["choices"][0]["logprobs"] is None
+
+
 async def test_length_limit_gives_finish_reason_length_on_serverless(gateway):
     status, _, body = await post(
         gateway,
