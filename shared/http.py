@@ -7,6 +7,7 @@ Every response carries `x-request-id`; every failure is an OpenAI error body.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from starlette import responses
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from .chat import parse_chat_request
 from .errors import INTERNAL_ERROR_BODY, GatewayError, InvalidRequestError, RequestTooLargeError
@@ -34,6 +36,27 @@ class JSONResponse(responses.JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return dumps(content)
+
+
+class EventStreamResponse(StreamingResponse):
+    """Starlette's `StreamingResponse` for server-sent events, watching for the caller's
+    disconnect with a plain asyncio task instead of an anyio task group: the same behaviour for
+    about 90 us less per stream (bench/). A disconnect cancels the stream, which ends the call
+    to the endpoint."""
+
+    media_type = "text/event-stream"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.create_task(self.stream_response(send))
+        watching = asyncio.create_task(self.listen_for_disconnect(receive))
+        try:
+            await asyncio.wait((streaming, watching), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watching.cancel()
+            streaming.cancel()  # when the caller went away first
+            await asyncio.wait((streaming, watching))  # let both clean up
+        if not streaming.cancelled():
+            streaming.result()  # raises what the stream raised
 
 
 class GatewayApi:
@@ -67,7 +90,7 @@ class GatewayApi:
         events = self.gateway.chat_stream(chat)
         # Failures before the first event still get their status code and a JSON error.
         first = await anext(events)
-        return StreamingResponse(_prepend(first, events), media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStreamResponse(_prepend(first, events), headers=SSE_HEADERS)
 
     async def _models(self, request: Request) -> Response:
         return JSONResponse(self.gateway.models())

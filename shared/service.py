@@ -158,29 +158,37 @@ class Gateway:
             ids = ChunkIds(answered_by.name)
             if "text/event-stream" not in upstream.content_type:
                 # /score does not stream (nor does an endpoint that ignored "stream"): the same
-                # events, made from the whole answer.
+                # events, made from the whole answer, sent together.
                 result = self._read_result(answered_by, await upstream.read())
-                for chunk in result_chunks(result, ids, include_usage=include_usage):
-                    yield chunk
-                yield DONE
+                yield b"".join(result_chunks(result, ids, include_usage=include_usage)) + DONE
                 return
-            async for chunk in self._relay(answered_by, upstream, ids, include_usage):
-                yield chunk
+            async for events in self._relay(answered_by, upstream, ids, include_usage):
+                yield events
 
     async def _relay(
         self, endpoint: EndpointConfig, upstream: UpstreamStream, ids: ChunkIds, include_usage: bool
     ) -> AsyncIterator[bytes]:
         """The endpoint's chunks, normalized, then `[DONE]`: also when the endpoint ended a
-        finished answer without one, but never after an answer cut short."""
+        finished answer without one, but never after an answer cut short. The events of one
+        read are sent in one write, as they came."""
         finished = False
-        async for data in _event_data(upstream):
-            if data.strip() == "[DONE]":
-                yield DONE
-                return
-            chunk, finished_now = self._chunk(endpoint, data, ids, include_usage)
-            finished = finished or finished_now
-            if chunk is not None:
-                yield chunk
+        async for batch in _event_batches(upstream):
+            events: list[bytes] = []
+            for data in batch:
+                if data.strip() == "[DONE]":
+                    yield b"".join(events) + DONE
+                    return
+                try:
+                    chunk, finished_now = self._chunk(endpoint, data, ids, include_usage)
+                except UpstreamError:
+                    if events:  # what came before the bad event still reaches the caller
+                        yield b"".join(events)
+                    raise
+                finished = finished or finished_now
+                if chunk is not None:
+                    events.append(chunk)
+            if events:
+                yield b"".join(events)
         if not finished:
             raise UpstreamError(
                 f"endpoint {endpoint.name!r} ended the stream before the answer was finished",
@@ -298,15 +306,16 @@ class Gateway:
             upstream_request = build_upstream_request(
                 endpoint, call.messages, params, credential, client_request_id=current_request_id()
             )
-            answer = self._transport.send(upstream_request, timeout_s=timeout_s, streaming=call.stream)
-            upstream = await answer.__aenter__()
+            upstream = await self._transport.send(
+                upstream_request, timeout_s=timeout_s, streaming=call.stream
+            )
             if upstream.status < 400:
-                stack.push_async_exit(answer.__aexit__)  # released when the caller is done with it
+                stack.callback(upstream.release)  # when the caller is done with it
                 return upstream
             try:
                 response = await upstream.read()
             finally:
-                await answer.__aexit__(None, None, None)
+                upstream.release()
             if not refetched and response.status in (401, 403) and self._credentials.refreshable(endpoint):
                 log.warning(
                     "endpoint %r refused its credential (HTTP %d); fetching it again",
@@ -365,14 +374,13 @@ class Gateway:
         await self._credentials.aclose()
 
 
-async def _event_data(upstream: UpstreamStream) -> AsyncIterator[str]:
-    """The data of each event the endpoint sends, the last one included if it lacks its blank line."""
+async def _event_batches(upstream: UpstreamStream) -> AsyncIterator[list[str]]:
+    """The data of the events completed by each read, the last one included if it lacks its
+    blank line."""
     decoder = SSEDecoder()
     async for raw in upstream.chunks():
-        for data in decoder.feed(raw):
-            yield data
-    for data in decoder.close():
-        yield data
+        yield decoder.feed(raw)
+    yield decoder.close()
 
 
 def _scrubbed(error: GatewayError, secret: str) -> GatewayError:

@@ -136,7 +136,8 @@ async def paced(
     `on_timeout` raised once the whole stream has taken `max_duration_s`.
 
     One task drives `events` for the whole stream and hands each item over a queue, so waiting
-    with a timeout costs a timer per item, not a task.
+    with a timeout costs a timer per item, not a task. It reads the next item only once the
+    caller has taken the last one: nothing runs ahead of the first event on its way out.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_duration_s
@@ -146,6 +147,7 @@ async def paced(
         try:
             async for item in events:
                 await handover.put((item, None))
+                await handover.join()
         except Exception as exc:  # raised where the caller reads, after what came before it
             await handover.put((None, exc))
         else:
@@ -169,6 +171,7 @@ async def paced(
             if item is None:
                 return
             yield item
+            handover.task_done()  # the caller is back for the next one
     finally:
         producer.cancel()
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
@@ -23,7 +22,7 @@ class UpstreamResponse:
 
 
 class UpstreamStream:
-    """An endpoint's answer whose body is read as it arrives."""
+    """An endpoint's answer whose body is read as it arrives; `release()` it when done."""
 
     def __init__(self, response: aiohttp.ClientResponse, endpoint: str, read_timeout_s: float) -> None:
         self._response = response
@@ -44,6 +43,10 @@ class UpstreamStream:
                 yield chunk
         except Exception as exc:
             raise _error(exc, self._endpoint, self._read_timeout_s, streaming=True) from None
+
+    def release(self) -> None:
+        """Give the connection back to the pool, or close it if the body was not read."""
+        self._response.release()
 
 
 class Transport:
@@ -75,12 +78,11 @@ class Transport:
             return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=timeout_s)
         return aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect)
 
-    @asynccontextmanager
     async def send(
         self, request: UpstreamRequest, *, timeout_s: float, streaming: bool = True
-    ) -> AsyncIterator[UpstreamStream]:
+    ) -> UpstreamStream:
         """POST the request; the answer's status and headers, its body to be read as it comes.
-        Leaving the block releases the connection, or closes it if the body was not read."""
+        The caller releases it."""
         opened = self._client().post(
             request.url,
             data=request.body,
@@ -88,10 +90,7 @@ class Transport:
             timeout=self._timeout(timeout_s, streaming),
         )
         response = await _mapped(opened, request.endpoint, timeout_s)
-        try:
-            yield UpstreamStream(response, request.endpoint, timeout_s)
-        finally:
-            response.release()
+        return UpstreamStream(response, request.endpoint, timeout_s)
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -13,6 +13,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from emulator import Emulator, Fault
+from shared.errors import UpstreamTimeoutError
+from shared.streaming import KEEPALIVE, paced
 
 from .conftest import emulator_config
 from .servers import AiohttpServer
@@ -242,6 +244,22 @@ async def test_an_unfinished_or_malformed_stream_ends_with_an_error(servers, sta
     assert json.loads(lines[-1][6:])["error"]["code"] == code, lines
 
 
+async def test_events_read_together_with_a_malformed_one_still_reach_the_caller(servers, start_gateway):
+    # One network write: two good events, then one that is not JSON.
+    write = (
+        "data: " + chunk_json({"role": "assistant", "content": ""}) + "\n\n"
+        "data: " + chunk_json({"content": "kept"}) + "\n\n"
+        "data: {not json\n\n"
+    )
+    server, base = await raw_upstream(servers, start_gateway, [write.encode()])
+    try:
+        status, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+    finally:
+        servers.run(server.stop())
+    assert status == 200 and content(lines) == "kept", lines
+    assert json.loads(lines[-1][6:])["error"]["code"] == "bad_upstream_response", lines
+
+
 async def test_a_malformed_first_event_is_a_502_with_a_status(servers, start_gateway):
     server, base = await raw_upstream(servers, start_gateway, [b"data: <html>\n\n"])
     try:
@@ -265,3 +283,39 @@ async def test_an_endpoint_that_ignores_stream_still_gives_a_stream(servers, sta
     finally:
         servers.run(server.stop())
     assert content(lines) == "whole" and lines[-1] == "data: [DONE]"
+
+
+# --- pacing -----------------------------------------------------------------------------------
+
+
+async def test_pacing_reads_the_next_event_only_when_the_caller_asks_for_it():
+    pulled = []
+
+    async def events():
+        for item in (b"one", b"two", b"three"):
+            pulled.append(item)
+            yield item
+
+    paced_events = paced(events(), keepalive_s=5, max_duration_s=5, on_timeout=UpstreamTimeoutError("slow"))
+    assert await anext(paced_events) == b"one"
+    for _ in range(10):  # whatever else the loop runs meanwhile
+        await asyncio.sleep(0)
+    assert pulled == [b"one"]
+    assert [item async for item in paced_events] == [b"two", b"three"]
+    assert pulled == [b"one", b"two", b"three"]
+
+
+async def test_pacing_sends_keepalives_while_waiting_and_stops_at_the_deadline():
+    async def slow():
+        yield b"first"
+        await asyncio.sleep(10)
+        yield b"never"
+
+    paced_events = paced(
+        slow(), keepalive_s=0.05, max_duration_s=0.3, on_timeout=UpstreamTimeoutError("slow")
+    )
+    got = [await anext(paced_events)]
+    with pytest.raises(UpstreamTimeoutError):
+        async for item in paced_events:
+            got.append(item)
+    assert got[0] == b"first" and set(got[1:]) == {KEEPALIVE} and len(got) >= 4
