@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AsyncExitStack
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,7 +153,7 @@ class Gateway:
     async def _stream_events(self, endpoint: EndpointConfig, request: ChatRequest) -> AsyncIterator[bytes]:
         include_usage = request.include_usage
         call = Call(request.messages, request.parameters, stream=True, include_usage=include_usage)
-        async with AsyncExitStack() as stack:
+        with ExitStack() as stack:
             answered_by, upstream = await self._open(endpoint, call, stack)
             ids = ChunkIds(answered_by.name)
             if "text/event-stream" not in upstream.content_type:
@@ -212,13 +212,13 @@ class Gateway:
     async def _complete(
         self, endpoint: EndpointConfig, messages: Messages, params: Params
     ) -> tuple[EndpointConfig, ChatResult]:
-        async with AsyncExitStack() as stack:
+        with ExitStack() as stack:
             answered_by, upstream = await self._open(endpoint, Call(messages, params), stack)
             response = await upstream.read()
         return answered_by, self._read_result(answered_by, response)
 
     async def _open(
-        self, endpoint: EndpointConfig, call: Call, stack: AsyncExitStack
+        self, endpoint: EndpointConfig, call: Call, stack: ExitStack
     ) -> tuple[EndpointConfig, UpstreamStream]:
         """The first endpoint that answers yes: `endpoint`, retried, then its fallbacks in
         order. The answer's status is < 400; leaving `stack` releases it."""
@@ -251,7 +251,7 @@ class Gateway:
         raise failures[-1]
 
     async def _tries(
-        self, endpoint: EndpointConfig, call: Call, stack: AsyncExitStack, deadline: float
+        self, endpoint: EndpointConfig, call: Call, stack: ExitStack, deadline: float
     ) -> UpstreamStream:
         """`endpoint`, tried again after retryable failures, at most `max_retries` times. One of
         its in-flight slots is held until the caller is done with the answer."""
@@ -265,7 +265,7 @@ class Gateway:
         return upstream
 
     async def _retried(
-        self, endpoint: EndpointConfig, call: Call, stack: AsyncExitStack, deadline: float
+        self, endpoint: EndpointConfig, call: Call, stack: ExitStack, deadline: float
     ) -> UpstreamStream:
         loop = asyncio.get_running_loop()
         attempt = 0
@@ -297,7 +297,7 @@ class Gateway:
                 await asyncio.sleep(delay)
 
     async def _attempt(
-        self, endpoint: EndpointConfig, call: Call, stack: AsyncExitStack, timeout_s: float
+        self, endpoint: EndpointConfig, call: Call, stack: ExitStack, timeout_s: float
     ) -> UpstreamStream:
         """One call of `endpoint`; a refused credential is fetched again, once (a rotated key)."""
         params = call.params_for(endpoint)
