@@ -8,6 +8,7 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from shared.http import GatewayApi
+from shared.runtime import tune_gc
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 api = GatewayApi.from_environ()
@@ -26,3 +27,6 @@ async def models(req: Request) -> Response:
 @app.route(route="health", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)
 async def health(req: Request) -> Response:
     return await api.health(req)
+
+
+tune_gc()  # after everything above is created: see shared/runtime.py

@@ -28,6 +28,7 @@ from .errors import GatewayError, MethodNotAllowedError, NotFoundError
 from .http import REQUEST_ID_HEADER, GatewayApi, error_response
 from .logs import bind_request_id
 from .openapi import openapi_document
+from .runtime import tune_gc
 
 #: The example front-end: streams an answer with plain fetch and SSE parsing.
 CHAT_PAGE = Path(__file__).parent / "web" / "chat.html"
@@ -53,7 +54,9 @@ def create_app(environ: Mapping[str, str] | None = None) -> ASGIApp:
     """Build the app; the configuration is loaded and validated here, once."""
     _configure_logging()
     api = GatewayApi.from_environ(os.environ if environ is None else environ)
-    return build_app(api)
+    app = build_app(api)
+    tune_gc()
+    return app
 
 
 def build_app(api: GatewayApi) -> ASGIApp:
