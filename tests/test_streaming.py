@@ -14,6 +14,7 @@ from multidict import CIMultiDict
 
 from emulator import Emulator, Fault
 from shared.errors import UpstreamTimeoutError
+from shared.http import EventStreamResponse
 from shared.streaming import KEEPALIVE, paced
 
 from .conftest import emulator_config
@@ -319,3 +320,50 @@ async def test_pacing_sends_keepalives_while_waiting_and_stops_at_the_deadline()
         async for item in paced_events:
             got.append(item)
     assert got[0] == b"first" and set(got[1:]) == {KEEPALIVE} and len(got) >= 4
+
+
+# --- the SSE response ---------------------------------------------------------------------------
+
+
+async def endless(closed: list[bool]):
+    try:
+        while True:
+            yield b"data: {}\n\n"
+            await asyncio.sleep(0.01)
+    finally:
+        closed.append(True)
+
+
+async def test_an_event_stream_ends_quietly_when_the_caller_leaves():
+    left, closed, sent = asyncio.Event(), [], []
+
+    async def receive():
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    response = EventStreamResponse(endless(closed))
+    serving = asyncio.create_task(response({"type": "http"}, receive, send))
+    await asyncio.sleep(0.05)
+    left.set()
+    await asyncio.wait_for(serving, 1)  # returns, no CancelledError
+    assert closed == [True] and sent[0]["type"] == "http.response.start" and len(sent) > 2
+
+
+async def test_an_event_stream_passes_on_a_cancellation_that_is_not_the_callers():
+    closed = []
+
+    async def receive():
+        await asyncio.Event().wait()
+
+    async def send(message):
+        pass
+
+    serving = asyncio.create_task(EventStreamResponse(endless(closed))({"type": "http"}, receive, send))
+    await asyncio.sleep(0.05)
+    serving.cancel()  # a server shutdown, say
+    with pytest.raises(asyncio.CancelledError):
+        await serving
+    assert closed == [True]
