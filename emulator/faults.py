@@ -21,7 +21,9 @@ class Fault:
     away, at most ``HANG_LIMIT_S``); if ``status`` is set, answer it with ``body`` (default:
     a small JSON error body for statuses >= 400) and ``Retry-After: retry_after``; if only
     ``body`` is set, answer it with 200. Otherwise the request is answered normally, and
-    ``break_stream_after`` cuts a streamed serverless answer after that many SSE events.
+    ``break_stream_after`` cuts a streamed serverless answer after that many SSE events (and
+    a short pause, as a connection lost mid-answer would: a reset also discards what the
+    client has received but not read yet).
     """
 
     status: int | None = None

@@ -45,6 +45,8 @@ DEPLOYMENT_HEADER = "azureml-model-deployment"
 # Scoring bodies can carry base64 images; aiohttp's default limit (1 MiB) is too small.
 MAX_BODY_BYTES = 64 * 1024 * 1024
 _HANG_POLL_S = 0.05
+#: How long a `break_stream_after` fault waits after its last event before dropping the connection.
+BREAK_PAUSE_S = 0.05
 MAX_RECORDED = 10_000
 
 
@@ -271,6 +273,7 @@ class Emulator:
                 # the stream progress instead of one buffered blob.
                 await response.write(event)
             if break_after is not None:
+                await asyncio.sleep(max(self._stream_delay_s, BREAK_PAUSE_S))
                 _drop_connection(request)
                 return response
             await response.write_eof()

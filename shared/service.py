@@ -29,7 +29,7 @@ from .formatters import ApiType, ChatResult
 from .logs import current_request_id, get_logger
 from .retry import Backoff, Cooldowns, parse_retry_after, retryable
 from .routing import build_upstream_request
-from .streaming import DONE, ChunkIds, SSEDecoder, error_event, event, normalized_chunk, paced, result_chunks
+from .streaming import DONE, ChunkIds, Pacing, SSEDecoder, error_event, event, normalized_chunk, result_chunks
 from .transport import Transport, UpstreamResponse, UpstreamStream
 
 log = get_logger("gateway.service")
@@ -126,8 +126,7 @@ class Gateway:
         """
         endpoint = self._endpoint_of(request)
         settings = self.config.streaming
-        events = paced(
-            self._stream_events(endpoint, request),
+        pacing = Pacing(
             keepalive_s=settings.keepalive_s,
             max_duration_s=settings.max_duration_s,
             on_timeout=UpstreamTimeoutError(
@@ -136,7 +135,7 @@ class Gateway:
         )
         started = False
         try:
-            async for item in events:
+            async for item in self._stream_events(endpoint, request, pacing):
                 started = True
                 yield item
         except GatewayError as exc:
@@ -150,29 +149,48 @@ class Gateway:
             log.exception("stream from endpoint %r failed unexpectedly", endpoint.name)
             yield event(INTERNAL_ERROR_BODY)
 
-    async def _stream_events(self, endpoint: EndpointConfig, request: ChatRequest) -> AsyncIterator[bytes]:
+    async def _stream_events(
+        self, endpoint: EndpointConfig, request: ChatRequest, pacing: Pacing
+    ) -> AsyncIterator[bytes]:
         include_usage = request.include_usage
         call = Call(request.messages, request.parameters, stream=True, include_usage=include_usage)
         with ExitStack() as stack:
-            answered_by, upstream = await self._open(endpoint, call, stack)
+            # Waiting for the answer (a dedicated endpoint's whole answer) may take long: it
+            # runs as a task, and keep-alives go out meanwhile.
+            opening = asyncio.create_task(self._open(endpoint, call, stack))
+            async for keepalive in pacing.keepalives_until(opening):
+                yield keepalive
+            answered_by, upstream = opening.result()
             ids = ChunkIds(answered_by.name)
             if "text/event-stream" not in upstream.content_type:
                 # /score does not stream (nor does an endpoint that ignored "stream"): the same
                 # events, made from the whole answer, sent together.
-                result = self._read_result(answered_by, await upstream.read())
+                reading = asyncio.create_task(upstream.read())
+                async for keepalive in pacing.keepalives_until(reading):
+                    yield keepalive
+                result = self._read_result(answered_by, reading.result())
                 yield b"".join(result_chunks(result, ids, include_usage=include_usage)) + DONE
                 return
-            async for events in self._relay(answered_by, upstream, ids, include_usage):
+            async for events in self._relay(answered_by, upstream, ids, include_usage, pacing):
                 yield events
 
     async def _relay(
-        self, endpoint: EndpointConfig, upstream: UpstreamStream, ids: ChunkIds, include_usage: bool
+        self,
+        endpoint: EndpointConfig,
+        upstream: UpstreamStream,
+        ids: ChunkIds,
+        include_usage: bool,
+        pacing: Pacing,
     ) -> AsyncIterator[bytes]:
         """The endpoint's chunks, normalized, then `[DONE]`: also when the endpoint ended a
         finished answer without one, but never after an answer cut short. The events of one
-        read are sent in one write, as they came."""
-        finished = False
-        async for batch in _event_batches(upstream):
+        read are sent in one write, as they came (but the first event at once, on its own); a
+        read that waited too long sends a keep-alive."""
+        finished = started = False
+        async for batch in _event_batches(upstream, pacing.wait_s):
+            if batch is None:
+                yield pacing.keepalive()
+                continue
             events: list[bytes] = []
             for data in batch:
                 if data.strip() == "[DONE]":
@@ -185,8 +203,13 @@ class Gateway:
                         yield b"".join(events)
                     raise
                 finished = finished or finished_now
-                if chunk is not None:
-                    events.append(chunk)
+                if chunk is None:
+                    continue
+                if not started:
+                    started = True
+                    yield chunk
+                    continue
+                events.append(chunk)
             if events:
                 yield b"".join(events)
         if not finished:
@@ -374,12 +397,14 @@ class Gateway:
         await self._credentials.aclose()
 
 
-async def _event_batches(upstream: UpstreamStream) -> AsyncIterator[list[str]]:
-    """The data of the events completed by each read, the last one included if it lacks its
-    blank line."""
+async def _event_batches(
+    upstream: UpstreamStream, idle_s: Callable[[], float]
+) -> AsyncIterator[list[str] | None]:
+    """The data of the events completed by each read (the last one included if it lacks its
+    blank line), and None for each wait of `idle_s()` seconds that read nothing."""
     decoder = SSEDecoder()
-    async for raw in upstream.chunks():
-        yield decoder.feed(raw)
+    async for raw in upstream.chunks(idle_s):
+        yield decoder.feed(raw) if raw else None
     yield decoder.close()
 
 

@@ -129,53 +129,40 @@ class SSEDecoder:
         return events
 
 
-async def paced(
-    events: AsyncIterator[bytes], *, keepalive_s: float, max_duration_s: float, on_timeout: GatewayError
-) -> AsyncIterator[bytes]:
-    """`events`, with a keep-alive comment whenever none came for `keepalive_s`, and
-    `on_timeout` raised once the whole stream has taken `max_duration_s`.
+class Pacing:
+    """When one stream sends keep-alive comments, and when it must end.
 
-    One task drives `events` for the whole stream and hands each item over a queue, so waiting
-    with a timeout costs a timer per item, not a task. It reads the next item only once the
-    caller has taken the last one: nothing runs ahead of the first event on its way out.
+    Waits that may be long (for the endpoint's answer, then for each read of its stream) ask
+    `wait_s()` how long to wait before a keep-alive; past `max_duration_s` from the start,
+    `on_timeout` is raised instead.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + max_duration_s
-    handover: asyncio.Queue[tuple[bytes | None, BaseException | None]] = asyncio.Queue(maxsize=1)
 
-    async def produce() -> None:
-        try:
-            async for item in events:
-                await handover.put((item, None))
-                await handover.join()
-        except Exception as exc:  # raised where the caller reads, after what came before it
-            await handover.put((None, exc))
-        else:
-            await handover.put((None, None))
+    def __init__(self, *, keepalive_s: float, max_duration_s: float, on_timeout: GatewayError) -> None:
+        self._clock = asyncio.get_running_loop().time
+        self._deadline = self._clock() + max_duration_s
+        self._keepalive_s = keepalive_s
+        self._on_timeout = on_timeout
 
-    producer = asyncio.create_task(produce())
-    try:
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise on_timeout
-            try:
-                async with asyncio.timeout(min(keepalive_s, remaining)):
-                    item, error = await handover.get()
-            except TimeoutError:
-                if loop.time() < deadline:
-                    yield KEEPALIVE
-                continue
-            if error is not None:
-                raise error
-            if item is None:
-                return
-            yield item
-            handover.task_done()  # the caller is back for the next one
-    finally:
-        producer.cancel()
+    def wait_s(self) -> float:
+        remaining = self._deadline - self._clock()
+        if remaining <= 0:
+            raise self._on_timeout
+        return min(self._keepalive_s, remaining)
+
+    def keepalive(self) -> bytes:
+        """The comment to send after a wait that timed out; raises once out of time."""
+        self.wait_s()
+        return KEEPALIVE
+
+    async def keepalives_until(self, task: asyncio.Future[Any]) -> AsyncIterator[bytes]:
+        """Keep-alive comments while `task` runs; its result is the caller's to read after.
+        Out of time, or when the caller stops listening, the task is cancelled."""
         try:
-            await producer
-        except (asyncio.CancelledError, Exception):
-            pass
-        await events.aclose()
+            while not task.done():
+                await asyncio.wait((task,), timeout=self.wait_s())
+                if not task.done():
+                    yield self.keepalive()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait((task,))

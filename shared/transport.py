@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -37,12 +38,27 @@ class UpstreamStream:
         body = await _mapped(self._response.read(), self._endpoint, self._read_timeout_s)
         return UpstreamResponse(self.status, body, self.content_type, self.retry_after)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.content.iter_any():
+    async def chunks(self, idle_s: Callable[[], float]) -> AsyncIterator[bytes]:
+        """The body as it arrives; an empty chunk whenever nothing came for `idle_s()` seconds
+        (nothing is lost: the next read goes on where this one stopped)."""
+        content = self._response.content
+        while True:
+            idle = asyncio.timeout(idle_s())
+            try:
+                async with idle:
+                    chunk = await content.readany()
+            except TimeoutError as exc:
+                if not idle.expired():  # the endpoint's own read timeout
+                    raise _error(exc, self._endpoint, self._read_timeout_s, streaming=True) from None
+                chunk = None
+            except Exception as exc:
+                raise _error(exc, self._endpoint, self._read_timeout_s, streaming=True) from None
+            if chunk is None:
+                yield b""
+            elif chunk:
                 yield chunk
-        except Exception as exc:
-            raise _error(exc, self._endpoint, self._read_timeout_s, streaming=True) from None
+            else:  # the end of the body
+                return
 
     def release(self) -> None:
         """Give the connection back to the pool, or close it if the body was not read."""

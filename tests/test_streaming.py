@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 from emulator import Emulator, Fault
 from shared.errors import UpstreamTimeoutError
 from shared.http import EventStreamResponse
-from shared.streaming import KEEPALIVE, paced
+from shared.streaming import KEEPALIVE, Pacing
 
 from .conftest import emulator_config
 from .servers import AiohttpServer
@@ -289,37 +289,74 @@ async def test_an_endpoint_that_ignores_stream_still_gives_a_stream(servers, sta
 # --- pacing -----------------------------------------------------------------------------------
 
 
-async def test_pacing_reads_the_next_event_only_when_the_caller_asks_for_it():
-    pulled = []
-
-    async def events():
-        for item in (b"one", b"two", b"three"):
-            pulled.append(item)
-            yield item
-
-    paced_events = paced(events(), keepalive_s=5, max_duration_s=5, on_timeout=UpstreamTimeoutError("slow"))
-    assert await anext(paced_events) == b"one"
-    for _ in range(10):  # whatever else the loop runs meanwhile
-        await asyncio.sleep(0)
-    assert pulled == [b"one"]
-    assert [item async for item in paced_events] == [b"two", b"three"]
-    assert pulled == [b"one", b"two", b"three"]
+async def test_pacing_sends_keepalives_while_a_task_runs_then_lets_its_result_through():
+    pacing = Pacing(keepalive_s=0.05, max_duration_s=5, on_timeout=UpstreamTimeoutError("slow"))
+    task = asyncio.create_task(asyncio.sleep(0.22, result="answer"))
+    keepalives = [item async for item in pacing.keepalives_until(task)]
+    assert set(keepalives) == {KEEPALIVE} and 3 <= len(keepalives) <= 5
+    assert task.result() == "answer"
 
 
-async def test_pacing_sends_keepalives_while_waiting_and_stops_at_the_deadline():
-    async def slow():
-        yield b"first"
-        await asyncio.sleep(10)
-        yield b"never"
-
-    paced_events = paced(
-        slow(), keepalive_s=0.05, max_duration_s=0.3, on_timeout=UpstreamTimeoutError("slow")
-    )
-    got = [await anext(paced_events)]
+async def test_pacing_cancels_the_task_and_raises_when_out_of_time():
+    pacing = Pacing(keepalive_s=0.05, max_duration_s=0.2, on_timeout=UpstreamTimeoutError("slow"))
+    task = asyncio.create_task(asyncio.sleep(10))
     with pytest.raises(UpstreamTimeoutError):
-        async for item in paced_events:
-            got.append(item)
-    assert got[0] == b"first" and set(got[1:]) == {KEEPALIVE} and len(got) >= 4
+        async for _ in pacing.keepalives_until(task):
+            pass
+    assert task.cancelled()
+
+
+async def test_a_stream_that_pauses_gets_keepalives_and_loses_nothing(servers, start_gateway):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        first = "data: " + chunk_json({"role": "assistant", "content": "before "}) + "\n\n"
+        await response.write(first.encode() + b"data: " + chunk_json({"content": "af"}).encode()[:30])
+        await asyncio.sleep(0.35)  # a pause in the middle of an event
+        rest = chunk_json({"content": "af"})[30:] + "\n\ndata: " + chunk_json({"content": "ter"}, "stop")
+        await response.write(rest.encode() + b"\n\ndata: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    server = servers.run(AiohttpServer(app).start())
+    config = emulator_config(server.url)
+    config["streaming"] = {"keepalive_s": 0.1}
+    base = start_gateway(config)
+    try:
+        status, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+    finally:
+        servers.run(server.stop())
+    assert status == 200 and content(lines) == "before after" and lines[-1] == "data: [DONE]"
+    assert lines.count(": keep-alive") >= 2, lines
+
+
+async def test_an_endpoint_silent_past_its_timeout_mid_stream_ends_it_with_an_error(servers, start_gateway):
+    first = "data: " + chunk_json({"role": "assistant", "content": "started"}) + "\n\n"
+    pieces = [first.encode(), b": still thinking\n\n"]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(pieces[0])
+        await asyncio.sleep(1.5)  # past the endpoint's timeout_s, within the keep-alive interval
+        await response.write(pieces[1])
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    server = servers.run(AiohttpServer(app).start())
+    config = emulator_config(server.url)
+    config["endpoints"][1]["timeout_s"] = 0.3
+    config["streaming"] = {"keepalive_s": 5}
+    base = start_gateway(config)
+    try:
+        status, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+    finally:
+        servers.run(server.stop())
+    assert status == 200 and content(lines) == "started" and ": keep-alive" not in lines
+    error = json.loads(lines[-1][6:])["error"]
+    assert error["code"] == "upstream_timeout" and "sent nothing for its timeout_s" in error["message"]
 
 
 # --- the SSE response ---------------------------------------------------------------------------
