@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -83,16 +84,16 @@ class Transport:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self._connection_limit, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
-                connector=connector, headers={"User-Agent": USER_AGENT}, raise_for_status=False
+                connector=connector,
+                headers={"User-Agent": USER_AGENT},
+                raise_for_status=False,
+                # Keep no cookie an endpoint sets: the next request is another caller's.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
     def _timeout(self, timeout_s: float, streaming: bool) -> aiohttp.ClientTimeout:
-        """A whole call bounded by `timeout_s`; a stream by `timeout_s` between two reads."""
-        connect = min(timeout_s, self._connect_timeout_s)
-        if streaming:
-            return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=timeout_s)
-        return aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect)
+        return _client_timeout(timeout_s, min(timeout_s, self._connect_timeout_s), streaming)
 
     async def send(
         self, request: UpstreamRequest, *, timeout_s: float, streaming: bool = True
@@ -112,6 +113,14 @@ class Transport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+@functools.lru_cache(maxsize=64)  # the same few per endpoint, request after request
+def _client_timeout(timeout_s: float, connect_s: float, streaming: bool) -> aiohttp.ClientTimeout:
+    """A whole call bounded by `timeout_s`; a stream by `timeout_s` between two reads."""
+    if streaming:
+        return aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=timeout_s)
+    return aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_s)
 
 
 async def _mapped(awaitable, endpoint: str, timeout_s: float):  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import aiohttp
+import aiohttp.web
 import pytest
 from multidict import CIMultiDict
 
@@ -245,6 +246,30 @@ async def test_caller_headers_do_not_reach_the_endpoint_but_the_request_id_does(
     for name in ("cookie", "x-functions-key", "x-forwarded-for", "extra-parameters", "x-request-id"):
         assert name not in headers
     assert emulator[0].requests[-1].authorized  # the endpoint's own key, not the caller's token
+
+
+async def test_an_endpoints_cookies_are_not_sent_back_with_the_next_callers_request(servers, start_gateway):
+    cookies_seen: list[str | None] = []
+
+    async def handler(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        cookies_seen.append(request.headers.get("Cookie"))
+        answer = {"choices": [{"message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
+        response = aiohttp.web.json_response(answer)
+        response.set_cookie("affinity", "first-callers-session")
+        return response
+
+    app = aiohttp.web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    server = servers.run(AiohttpServer(app).start())
+    # By name, as real endpoints are: aiohttp's cookie jar keeps no cookies from IP addresses.
+    base = start_gateway(emulator_config(server.url.replace("127.0.0.1", "localhost")))
+    try:
+        for _ in range(2):
+            status, _, _ = await post(base, {"model": "mistral-large", "messages": HELLO})
+            assert status == 200
+    finally:
+        servers.run(server.stop())
+    assert cookies_seen == [None, None]
 
 
 async def test_the_model_never_names_a_url(gateway, emulator):
