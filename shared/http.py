@@ -124,7 +124,7 @@ async def _respond(request: Request, handler: Handler) -> Response:
     except Exception:
         log.exception("%s %s failed unexpectedly", request.method, request.url.path)
         response = JSONResponse(INTERNAL_ERROR_BODY, status_code=500)
-    response.headers[REQUEST_ID_HEADER] = request_id
+    response.headers.append(REQUEST_ID_HEADER, request_id)
     return response
 
 

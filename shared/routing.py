@@ -9,7 +9,7 @@ from .config import EndpointConfig
 from .formatters import ApiType
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpstreamRequest:
     endpoint: str
     url: str

@@ -38,7 +38,7 @@ Messages = list[dict[str, Any]]
 Params = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
     """What one request asks every endpoint it may try."""
 
@@ -74,6 +74,10 @@ class Gateway:
         self._backoff = Backoff(resilience.backoff_s, resilience.max_backoff_s, resilience.max_retry_after_s)
         self._cooldowns = Cooldowns(resilience.cooldown_failures, resilience.cooldown_s)
         self._in_flight: dict[str, int] = {}
+        #: Each endpoint, then its fallbacks in order.
+        self._candidates = {
+            e.name: (e, *(config.endpoint(name) for name in e.fallbacks)) for e in config.endpoints
+        }
         self._model_list = {
             "object": "list",
             "data": [
@@ -247,7 +251,7 @@ class Gateway:
         order. The answer's status is < 400; leaving `stack` releases it."""
         deadline = asyncio.get_running_loop().time() + self.config.resilience.request_timeout_s
         failures: list[GatewayError] = []
-        for candidate in (endpoint, *(self.endpoint_for(name) for name in endpoint.fallbacks)):
+        for candidate in self._candidates[endpoint.name]:
             blocked = self._cooldowns.blocked(candidate.name)
             if blocked is not None:
                 failures.append(blocked)

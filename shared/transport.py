@@ -15,7 +15,7 @@ from .routing import UpstreamRequest
 USER_AGENT = "azureml-chat-gateway/0.1"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpstreamResponse:
     status: int
     body: bytes
