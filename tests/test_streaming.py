@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 
 import aiohttp
 import openai
@@ -177,22 +178,34 @@ def chunk_json(delta: dict, finish: str | None = None, **extra) -> str:
     )
 
 
-async def raw_upstream(servers, start_gateway, pieces: list[bytes], content_type: str = "text/event-stream"):
-    """A serverless endpoint that writes `pieces` as separate network writes."""
+async def raw_upstream(
+    servers,
+    start_gateway,
+    pieces: list[bytes],
+    content_type: str = "text/event-stream",
+    *,
+    pause_s: float = 0.005,
+    configure: Callable[[dict], None] | None = None,
+):
+    """A serverless endpoint that writes `pieces` as separate network writes, `pause_s` apart,
+    and a gateway in front of it (its configuration edited by `configure`)."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": content_type})
         await response.prepare(request)
         for piece in pieces:
             await response.write(piece)
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(pause_s)
         await response.write_eof()
         return response
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
     server = servers.run(AiohttpServer(app).start())
-    return server, start_gateway(emulator_config(server.url))
+    config = emulator_config(server.url)
+    if configure is not None:
+        configure(config)
+    return server, start_gateway(config)
 
 
 async def test_sse_framing_edge_cases_are_read_correctly(servers, start_gateway):
@@ -307,22 +320,18 @@ async def test_pacing_cancels_the_task_and_raises_when_out_of_time():
 
 
 async def test_a_stream_that_pauses_gets_keepalives_and_loses_nothing(servers, start_gateway):
-    async def handler(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        first = "data: " + chunk_json({"role": "assistant", "content": "before "}) + "\n\n"
-        await response.write(first.encode() + b"data: " + chunk_json({"content": "af"}).encode()[:30])
-        await asyncio.sleep(0.35)  # a pause in the middle of an event
-        rest = chunk_json({"content": "af"})[30:] + "\n\ndata: " + chunk_json({"content": "ter"}, "stop")
-        await response.write(rest.encode() + b"\n\ndata: [DONE]\n\n")
-        return response
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    server = servers.run(AiohttpServer(app).start())
-    config = emulator_config(server.url)
-    config["streaming"] = {"keepalive_s": 0.1}
-    base = start_gateway(config)
+    first = "data: " + chunk_json({"role": "assistant", "content": "before "}) + "\n\n"
+    second = "data: " + chunk_json({"content": "af"}) + "\n\n"
+    third = "data: " + chunk_json({"content": "ter"}, "stop") + "\n\ndata: [DONE]\n\n"
+    # The pause falls in the middle of the second event.
+    pieces = [(first + second[:30]).encode(), (second[30:] + third).encode()]
+    server, base = await raw_upstream(
+        servers,
+        start_gateway,
+        pieces,
+        pause_s=0.35,
+        configure=lambda c: c.update(streaming={"keepalive_s": 0.1}),
+    )
     try:
         status, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
     finally:
@@ -332,24 +341,14 @@ async def test_a_stream_that_pauses_gets_keepalives_and_loses_nothing(servers, s
 
 
 async def test_an_endpoint_silent_past_its_timeout_mid_stream_ends_it_with_an_error(servers, start_gateway):
+    def configure(config: dict) -> None:
+        config["endpoints"][1]["timeout_s"] = 0.3
+        config["streaming"] = {"keepalive_s": 5}
+
     first = "data: " + chunk_json({"role": "assistant", "content": "started"}) + "\n\n"
+    # Silent past the endpoint's timeout_s, within the keep-alive interval.
     pieces = [first.encode(), b": still thinking\n\n"]
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(pieces[0])
-        await asyncio.sleep(1.5)  # past the endpoint's timeout_s, within the keep-alive interval
-        await response.write(pieces[1])
-        return response
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    server = servers.run(AiohttpServer(app).start())
-    config = emulator_config(server.url)
-    config["endpoints"][1]["timeout_s"] = 0.3
-    config["streaming"] = {"keepalive_s": 5}
-    base = start_gateway(config)
+    server, base = await raw_upstream(servers, start_gateway, pieces, pause_s=1.5, configure=configure)
     try:
         status, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
     finally:
