@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -12,6 +11,7 @@ from pydantic_core import from_json
 
 from .errors import InvalidRequestError
 from .formatters import ChatResult
+from .logs import new_id
 
 
 class _Open(BaseModel):
@@ -154,7 +154,7 @@ def _message(error: dict[str, Any]) -> str:
 
 def completion_id() -> str:
     """A new OpenAI-style completion id."""
-    return f"chatcmpl-{secrets.token_hex(16)}"
+    return f"chatcmpl-{new_id()}"
 
 
 def chat_completion(result: ChatResult, *, model: str) -> dict[str, Any]:

@@ -7,8 +7,8 @@ the message itself rather than into a formatter field that one host would drop.
 from __future__ import annotations
 
 import logging
+import random
 import re
-import secrets
 from contextvars import ContextVar
 from typing import Any
 
@@ -17,9 +17,14 @@ _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 _ACCEPTABLE_ID = re.compile(r"^[0-9A-Za-z._:@/+=-]{1,128}$")
 
 
+def new_id() -> str:
+    """128 random bits in hex: an id, not a secret (no system call per request)."""
+    return f"{random.getrandbits(128):032x}"  # nosec B311
+
+
 def bind_request_id(candidate: str | None) -> str:
     """Use the caller's `x-request-id` if it is sane, else a new one; bind it to this context."""
-    request_id = candidate if candidate and _ACCEPTABLE_ID.match(candidate) else secrets.token_hex(16)
+    request_id = candidate if candidate and _ACCEPTABLE_ID.match(candidate) else new_id()
     _request_id.set(request_id)
     return request_id
 
