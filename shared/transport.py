@@ -36,7 +36,10 @@ class UpstreamStream:
 
     async def read(self) -> UpstreamResponse:
         """The whole body (for an error answer, or an endpoint that did not stream)."""
-        body = await _mapped(self._response.read(), self._endpoint, self._read_timeout_s)
+        try:
+            body = await self._response.read()
+        except Exception as exc:
+            raise _error(exc, self._endpoint, self._read_timeout_s, streaming=False) from None
         return UpstreamResponse(self.status, body, self.content_type, self.retry_after)
 
     async def chunks(self, idle_s: Callable[[], float]) -> AsyncIterator[bytes]:
@@ -100,13 +103,15 @@ class Transport:
     ) -> UpstreamStream:
         """POST the request; the answer's status and headers, its body to be read as it comes.
         The caller releases it."""
-        opened = self._client().post(
-            request.url,
-            data=request.body,
-            headers=request.headers,
-            timeout=self._timeout(timeout_s, streaming),
-        )
-        response = await _mapped(opened, request.endpoint, timeout_s)
+        try:
+            response = await self._client().post(
+                request.url,
+                data=request.body,
+                headers=request.headers,
+                timeout=self._timeout(timeout_s, streaming),
+            )
+        except Exception as exc:
+            raise _error(exc, request.endpoint, timeout_s, streaming=False) from None
         return UpstreamStream(response, request.endpoint, timeout_s)
 
     async def aclose(self) -> None:
@@ -121,13 +126,6 @@ def _client_timeout(timeout_s: float, connect_s: float, streaming: bool) -> aioh
     if streaming:
         return aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=timeout_s)
     return aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_s)
-
-
-async def _mapped(awaitable, endpoint: str, timeout_s: float):  # type: ignore[no-untyped-def]
-    try:
-        return await awaitable
-    except Exception as exc:
-        raise _error(exc, endpoint, timeout_s, streaming=False) from None
 
 
 def _error(exc: Exception, endpoint: str, timeout_s: float, *, streaming: bool) -> Exception:
