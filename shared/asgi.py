@@ -35,7 +35,9 @@ CHAT_PAGE = Path(__file__).parent / "web" / "chat.html"
 
 
 def server_command(port: int, *options: str, host: str = "127.0.0.1") -> list[str]:
-    """The command line that serves `create_app` with uvicorn (as `make dev` runs it)."""
+    """The command line that serves `create_app` with uvicorn (as `make dev` runs it). The
+    gateway reads no client address and need not name its server, so uvicorn's proxy-headers
+    middleware and `server` header are left out."""
     return [
         sys.executable,
         "-m",
@@ -46,6 +48,8 @@ def server_command(port: int, *options: str, host: str = "127.0.0.1") -> list[st
         host,
         "--port",
         str(port),
+        "--no-proxy-headers",
+        "--no-server-header",
         *options,
     ]
 
