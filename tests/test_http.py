@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import aiohttp
 import pytest
@@ -180,6 +181,14 @@ async def test_callers_request_id_is_echoed_and_logged(gateway, caplog):
 async def test_a_request_id_that_is_not_sane_is_replaced(gateway):
     _, headers, _ = await post(gateway, {"messages": HELLO}, headers={"x-request-id": "bad id\twith spaces"})
     assert headers["x-request-id"] != "bad id\twith spaces" and len(headers["x-request-id"]) == 32
+
+
+async def test_new_request_and_completion_ids_differ_from_call_to_call(gateway):
+    answers = [await post(gateway, {"messages": HELLO}) for _ in range(3)]
+    request_ids = {headers["x-request-id"] for _, headers, _ in answers}
+    completion_ids = {json.loads(body)["id"] for _, _, body in answers}
+    assert len(request_ids) == 3 and all(re.fullmatch("[0-9a-f]{32}", i) for i in request_ids)
+    assert len(completion_ids) == 3 and all(re.fullmatch("chatcmpl-[0-9a-f]{32}", i) for i in completion_ids)
 
 
 @pytest.mark.parametrize(
