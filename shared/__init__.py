@@ -5,9 +5,9 @@ The public surface for users who write their own content formatter:
     from shared import ContentFormatterBase, ChatResult, ApiType
 """
 
+from .api_type import ApiType
 from .errors import InvalidRequestError, ResponseFormatError
 from .formatters import (
-    ApiType,
     ChatChoice,
     ChatResult,
     ContentFormatterBase,

@@ -11,7 +11,7 @@ from pydantic_core import from_json
 
 from .errors import InvalidRequestError
 from .formatters import ChatResult
-from .logs import new_id
+from .ids import completion_id
 
 
 class _Open(BaseModel):
@@ -150,11 +150,6 @@ def _message(error: dict[str, Any]) -> str:
     if error["type"] == "union_tag_invalid":
         return f"unsupported content part type; use {error['ctx']['expected_tags']}"
     return error["msg"].removeprefix("Value error, ")
-
-
-def completion_id() -> str:
-    """A new OpenAI-style completion id."""
-    return f"chatcmpl-{new_id()}"
 
 
 def chat_completion(result: ChatResult, *, model: str) -> dict[str, Any]:

@@ -19,8 +19,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .api_type import ApiType
 from .errors import ConfigError
-from .formatters import BUILTIN_FORMATTERS, ApiType, ContentFormatterBase
+from .formatters import BUILTIN_FORMATTERS, ContentFormatterBase
 
 logger = logging.getLogger("gateway.config")
 
@@ -76,9 +77,7 @@ class EndpointConfig(_Model):
 
     @cached_property
     def api_type(self) -> ApiType:
-        if self.endpoint_api_type == "realtime":
-            return ApiType.DEDICATED
-        return ApiType(self.endpoint_api_type)
+        return ApiType.from_config(self.endpoint_api_type)
 
     @cached_property
     def formatter(self) -> ContentFormatterBase:

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-from .cache import Expiring, ExpiringCache
 from .config import CredentialSettings, EndpointConfig, EntraAuth, EnvAuth, KeyVaultAuth
+from .credential_cache import Expiring, ExpiringCache
 from .errors import CredentialUnavailableError
 
 if TYPE_CHECKING:

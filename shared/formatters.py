@@ -8,20 +8,12 @@ their arguments. The names and the methods to override are those of LangChain's
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, ClassVar
 
-from pydantic_core import from_json, to_json
-
+from .api_type import ApiType
+from .codec import dumps
+from .codec import loads as _decode
 from .errors import InvalidRequestError, ResponseFormatError
-
-
-class ApiType(StrEnum):
-    """How an endpoint is called: `dedicated` (managed online endpoint, `/score`) or
-    `serverless` (pay-as-you-go, OpenAI-compatible `/v1/chat/completions`)."""
-
-    DEDICATED = "dedicated"
-    SERVERLESS = "serverless"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,16 +37,10 @@ class ChatResult:
         return cls([ChatChoice({"role": "assistant", "content": text}, finish_reason)])
 
 
-def dumps(payload: Any) -> bytes:
-    """The one JSON encoding of request bodies and answers: compact UTF-8, text exactly as
-    sent, NaN and infinities as null (pydantic-core's encoder: several times faster than the
-    json module's)."""
-    return to_json(payload, inf_nan_mode="null")
-
-
 def loads(output: bytes) -> Any:
+    """An endpoint's JSON answer; `ResponseFormatError` if it is not JSON."""
     try:
-        return from_json(output)
+        return _decode(output)
     except ValueError:
         raise ResponseFormatError("the body is not JSON") from None
 

@@ -18,11 +18,11 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from .chat import parse_chat_request
+from .codec import dumps
 from .errors import INTERNAL_ERROR_BODY, GatewayError, InvalidRequestError, RequestTooLargeError
-from .formatters import dumps
 from .logs import bind_request_id, get_logger
 from .service import Gateway
-from .streaming import SSE_HEADERS
+from .sse import SSE_HEADERS
 
 log = get_logger("gateway.http")
 

@@ -7,19 +7,15 @@ the message itself rather than into a formatter field that one host would drop.
 from __future__ import annotations
 
 import logging
-import random
 import re
 from contextvars import ContextVar
 from typing import Any
 
+from .ids import new_id
+
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _ACCEPTABLE_ID = re.compile(r"^[0-9A-Za-z._:@/+=-]{1,128}$")
-
-
-def new_id() -> str:
-    """128 random bits in hex: an id, not a secret (no system call per request)."""
-    return f"{random.getrandbits(128):032x}"  # nosec B311
 
 
 def bind_request_id(candidate: str | None) -> str:

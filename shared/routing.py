@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .api_type import ApiType
 from .config import EndpointConfig
-from .formatters import ApiType
 
 
 @dataclass(slots=True)

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic_core import from_json
 
+from .api_type import ApiType
 from .chat import ChatRequest, chat_completion
 from .config import EndpointConfig, GatewayConfig, load_config
 from .credentials import Credentials
@@ -24,11 +25,12 @@ from .errors import (
     UpstreamTimeoutError,
     upstream_status_error,
 )
-from .formatters import ApiType, ChatResult
+from .formatters import ChatResult
 from .logs import current_request_id, get_logger
 from .retry import Backoff, Cooldowns, parse_retry_after, retryable
 from .routing import build_upstream_request
-from .streaming import DONE, ChunkIds, Pacing, SSEDecoder, error_event, event, normalized_chunk, result_chunks
+from .sse import DONE, SSEDecoder, event
+from .streaming import ChunkIds, Pacing, error_event, normalized_chunk, result_chunks
 from .transport import Transport, UpstreamResponse, UpstreamStream
 
 log = get_logger("gateway.service")

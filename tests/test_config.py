@@ -5,9 +5,10 @@ import logging
 
 import pytest
 
+from shared.api_type import ApiType
 from shared.config import load_config, parse_config
 from shared.errors import ConfigError
-from shared.formatters import ApiType, MistralChatContentFormatter
+from shared.formatters import MistralChatContentFormatter
 
 ENV = {"EMULATOR_KEY": "k"}
 

@@ -18,7 +18,7 @@ from shared import ApiType, CustomOpenAIChatContentFormatter, MistralChatContent
 from shared.chat import parse_chat_request
 from shared.errors import GatewayError, InvalidRequestError, ResponseFormatError
 from shared.openapi import openapi_document
-from shared.streaming import SSEDecoder
+from shared.sse import SSEDecoder
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
