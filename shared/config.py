@@ -14,47 +14,23 @@ import os
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .api_type import ApiType
+from .credentials import PROVIDERS, Auth, CredentialSettings, EnvAuth
 from .errors import ConfigError
 from .formatters import BUILTIN_FORMATTERS, ContentFormatterBase
 
 logger = logging.getLogger("gateway.config")
 
-DEFAULT_ENTRA_SCOPE = "https://ml.azure.com/.default"
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class EnvAuth(_Model):
-    """The key is the value of an environment variable (local development only)."""
-
-    type: Literal["env"]
-    variable: str = Field(min_length=1)
-
-
-class KeyVaultAuth(_Model):
-    """The key is the secret `secret_name` in the vault at `KEY_VAULT_URL`."""
-
-    type: Literal["key_vault"]
-    secret_name: str = Field(pattern=r"^[0-9A-Za-z-]{1,127}$")
-
-
-class EntraAuth(_Model):
-    """A Microsoft Entra ID token for `scope`, from the app's identity (keyless endpoints)."""
-
-    type: Literal["entra"]
-    scope: str = DEFAULT_ENTRA_SCOPE
-
-
-Auth = Annotated[EnvAuth | KeyVaultAuth | EntraAuth, Field(discriminator="type")]
 
 
 class EndpointConfig(_Model):
@@ -104,18 +80,6 @@ class EndpointConfig(_Model):
                 f"{self.api_type.value!r}; it supports: {names}"
             )
         return self
-
-
-class CredentialSettings(_Model):
-    """How keys from Key Vault and Entra ID tokens are cached."""
-
-    #: A secret read from the vault is used this long before it is read again.
-    secret_ttl_s: float = Field(default=300.0, gt=0)
-    #: While the vault (or the identity endpoint) is down, a cached key keeps serving this long
-    #: past its TTL.
-    max_stale_s: float = Field(default=3600.0, ge=0)
-    #: The most a vault read or a token request may take, retries included.
-    timeout_s: float = Field(default=10.0, gt=0, le=120)
 
 
 class ResilienceSettings(_Model):
@@ -198,11 +162,8 @@ class GatewayConfig(_Model):
             )
         return self
 
-    def endpoint(self, name: str) -> EndpointConfig | None:
-        return self._by_name.get(name)
-
     @cached_property
-    def _by_name(self) -> dict[str, EndpointConfig]:
+    def endpoints_by_name(self) -> dict[str, EndpointConfig]:
         return {e.name: e for e in self.endpoints}
 
 
@@ -326,16 +287,11 @@ def load_config(environ: Mapping[str, str] = os.environ) -> GatewayConfig:
 
 def _check_environment(config: GatewayConfig, environ: Mapping[str, str]) -> None:
     for i, endpoint in enumerate(config.endpoints):
-        where = f"endpoints[{i}] ({endpoint.name!r}).auth"
         auth = endpoint.auth
-        if isinstance(auth, KeyVaultAuth) and not environ.get("KEY_VAULT_URL"):
-            raise ConfigError(
-                f"{where}: type 'key_vault' needs the app setting KEY_VAULT_URL "
-                "(the vault's URI, e.g. https://<vault>.vault.azure.net/)"
-            )
+        problem = PROVIDERS[auth.type].check(auth, environ)
+        if problem:
+            raise ConfigError(f"endpoints[{i}] ({endpoint.name!r}).auth: {problem}")
         if isinstance(auth, EnvAuth):
-            if not environ.get(auth.variable):
-                raise ConfigError(f"{where}: the environment variable {auth.variable} is not set")
             logger.warning(
                 "endpoint %r takes its key from the environment variable %s: for local development only",
                 endpoint.name,
@@ -359,7 +315,7 @@ def _location(loc: tuple[Any, ...], data: Any) -> str:
             node = node[part] if isinstance(node, list) and part < len(node) else None
             if isinstance(node, dict) and isinstance(node.get("name"), str):
                 text += f" ({node['name']!r})"
-        elif part in ("env", "key_vault", "entra") and text.endswith("auth"):
+        elif part in PROVIDERS and text.endswith("auth"):
             continue  # the union tag pydantic adds to the location
         else:
             text += f".{part}" if text else str(part)
@@ -367,12 +323,16 @@ def _location(loc: tuple[Any, ...], data: Any) -> str:
     return text
 
 
+_names = [repr(name) for name in PROVIDERS]
+_AUTH_TYPE_NAMES = ", ".join(_names[:-1]) + " or " + _names[-1]
+
+
 def _message(error: dict[str, Any]) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return "unknown field (check its spelling)"
     if error["type"] == "union_tag_invalid":
-        return "unknown auth type; use 'key_vault', 'entra' or 'env'"
+        return f"unknown auth type; use {_AUTH_TYPE_NAMES}"
     if error["type"] == "union_tag_not_found":
-        return "missing 'type'; use 'key_vault', 'entra' or 'env'"
+        return f"missing 'type'; use {_AUTH_TYPE_NAMES}"
     return message

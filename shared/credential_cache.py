@@ -1,4 +1,5 @@
-"""A per-process cache for credentials: single flight, expiry, and stale values during outages."""
+"""The credential cache: keys and tokens by name, fetched once at a time, kept until they expire,
+and served stale for a while when their source is down."""
 
 from __future__ import annotations
 
@@ -37,9 +38,16 @@ class ExpiringCache:
     warning, until its `usable_until`; other failures (secret missing, access denied) are raised.
     """
 
-    def __init__(self, fetch: Fetch, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        fetch: Fetch,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_stale: Callable[[str, CredentialUnavailableError], None] | None = None,
+    ) -> None:
         self._fetch = fetch
         self._clock = clock
+        self._on_stale = on_stale
         self._entries: dict[str, Expiring] = {}
         self._inflight: dict[str, asyncio.Future[Expiring]] = {}
 
@@ -63,6 +71,8 @@ class ExpiringCache:
                 int(entry.usable_until - now),
             )
             self._entries[name] = replace(entry, refresh_at=min(now + OUTAGE_RETRY_S, entry.usable_until))
+            if self._on_stale is not None:
+                self._on_stale(name, exc)
             return entry.value
 
     def invalidate(self, name: str, value: str) -> None:

@@ -1,12 +1,16 @@
-"""Credentials: the bearer value each endpoint is called with, by its `auth.type`.
+"""Credentials: how the gateway authenticates to each endpoint, one provider per `auth.type`.
 
 - `key_vault`: the endpoint key is a Key Vault secret, read with the app's identity;
 - `entra`: a Microsoft Entra ID token from the app's identity, for keyless endpoints;
 - `env`: an environment variable, for local development.
 
-One Azure credential, one Key Vault client and one cache per process, created on first use and
-closed on shutdown. Keys and tokens are cached; a value the endpoint refuses is dropped and
-fetched again, so a rotated key needs no restart.
+Each type is one provider class: its settings (the `auth` object of an endpoint in the
+configuration), a check of the environment at start-up, how to fetch the value, and the headers
+that carry it. `AUTH_TYPES` registers them; the configuration accepts exactly those types.
+
+One Azure credential, one Key Vault client and one cache per provider and process, created on
+first use and closed on shutdown. Keys and tokens are cached; a value the endpoint refuses is
+dropped and fetched again, so a rotated key needs no restart.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ import asyncio
 import os
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
-from .config import CredentialSettings, EndpointConfig, EntraAuth, EnvAuth, KeyVaultAuth
+from pydantic import BaseModel, ConfigDict, Field
+
 from .credential_cache import Expiring, ExpiringCache
 from .errors import CredentialUnavailableError
+from .observe import NO_OBSERVER, Observer
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -28,93 +34,202 @@ if TYPE_CHECKING:
 
 #: Entra tokens are renewed this long before they expire.
 TOKEN_RENEWAL_MARGIN_S = 300.0
+DEFAULT_ENTRA_SCOPE = "https://ml.azure.com/.default"
 
 
-class CredentialProvider(Protocol):
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class CredentialSettings(_Settings):
+    """How keys from Key Vault and Entra ID tokens are cached."""
+
+    #: A secret read from the vault is used this long before it is read again.
+    secret_ttl_s: float = Field(default=300.0, gt=0)
+    #: While the vault (or the identity endpoint) is down, a cached key keeps serving this long
+    #: past its TTL.
+    max_stale_s: float = Field(default=3600.0, ge=0)
+    #: The most a vault read or a token request may take, retries included.
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+
+class AuthSettings(_Settings):
+    """An endpoint's `auth` object; each provider subclasses it with its `type` and fields."""
+
+    type: str
+
+    def cache_key(self) -> str:
+        """What identifies the value among those of the same provider."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A key or a token, and the headers that carry it to the endpoint."""
+
+    value: str = field(repr=False)
+    headers: Mapping[str, str] = field(repr=False)
+
+
+def bearer(value: str) -> Credential:
+    return Credential(value, {"Authorization": f"Bearer {value}"})
+
+
+@dataclass
+class ProviderContext:
+    """What providers share in one process: the environment, the settings, and the app's one
+    Azure credential (created on first use)."""
+
+    environ: Mapping[str, str]
+    settings: CredentialSettings
+    observer: Observer = NO_OBSERVER
+    #: Passed to azure-keyvault-secrets' `SecretClient` (a proxy, a CA bundle as
+    #: `connection_verify`, a transport).
+    secret_client_options: Mapping[str, Any] | None = None
+    _azure_credential: AsyncTokenCredential | None = None
+
+    def azure_credential(self) -> AsyncTokenCredential:
+        if self._azure_credential is None:
+            self._azure_credential = azure_credential(self.environ)
+        return self._azure_credential
+
+    async def aclose(self) -> None:
+        if self._azure_credential is not None:
+            await self._azure_credential.close()
+            self._azure_credential = None
+
+
+class CredentialProvider:
+    """Fetches and caches the credentials of one auth type. Subclass it, set `settings` to
+    your `AuthSettings` subclass, and add the class to `AUTH_TYPES`."""
+
+    settings: ClassVar[type[AuthSettings]]
     #: Whether fetching again after the endpoint refused the value can give a different one.
-    refreshable: bool
+    refreshable: ClassVar[bool] = True
 
-    async def get(self, auth: Any) -> str: ...
+    def __init__(self, context: ProviderContext) -> None:
+        self._context = context
+        self._cache = ExpiringCache(self._fetch_and_tell, on_stale=self._stale)
 
-    def invalidate(self, auth: Any, refused: str) -> None: ...
+    @classmethod
+    def auth_type(cls) -> str:
+        return cls.settings.model_fields["type"].default  # type: ignore[no-any-return]
 
-    async def aclose(self) -> None: ...
+    @classmethod
+    def check(cls, auth: Any, environ: Mapping[str, str]) -> str | None:
+        """What keeps `auth` from working in this environment (checked at start-up), or None."""
+        return None
 
+    async def get(self, auth: Any) -> Credential:
+        return bearer(await self._cache.get(auth.cache_key()))
 
-class EnvKeys:
-    """Keys from environment variables: for local development only."""
+    def invalidate(self, auth: Any, refused: Credential) -> None:
+        """Forget `refused`, the value an endpoint just turned down."""
+        self._cache.invalidate(auth.cache_key(), refused.value)
 
-    refreshable = False
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-
-    async def get(self, auth: EnvAuth) -> str:
-        value = self._environ.get(auth.variable)
-        if not value:
-            raise CredentialUnavailableError(
-                f"the key variable {auth.variable} is not set in the gateway's environment",
-                outage=False,
-            )
-        return value
-
-    def invalidate(self, auth: EnvAuth, refused: str) -> None:
-        pass
+    async def fetch(self, name: str) -> Expiring:
+        raise NotImplementedError
 
     async def aclose(self) -> None:
         pass
 
+    async def _fetch_and_tell(self, name: str) -> Expiring:
+        entry = await self.fetch(name)
+        self._context.observer.credential_fetched(self.auth_type(), name)
+        return entry
 
-class KeyVaultKeys:
+    def _stale(self, name: str, error: CredentialUnavailableError) -> None:
+        self._context.observer.credential_served_stale(self.auth_type(), name, error)
+
+
+class EnvAuth(AuthSettings):
+    """The key is the value of an environment variable (local development only)."""
+
+    type: Literal["env"] = "env"
+    variable: str = Field(min_length=1)
+
+    def cache_key(self) -> str:
+        return self.variable
+
+
+class EnvKeys(CredentialProvider):
+    """Keys from environment variables: for local development only."""
+
+    settings = EnvAuth
+    refreshable = False
+
+    @classmethod
+    def check(cls, auth: EnvAuth, environ: Mapping[str, str]) -> str | None:
+        if not environ.get(auth.variable):
+            return f"the environment variable {auth.variable} is not set"
+        return None
+
+    async def fetch(self, name: str) -> Expiring:
+        value = self._context.environ.get(name)
+        if not value:
+            raise CredentialUnavailableError(
+                f"the key variable {name} is not set in the gateway's environment", outage=False
+            )
+        return Expiring(value, float("inf"), float("inf"))
+
+
+class KeyVaultAuth(AuthSettings):
+    """The key is the secret `secret_name` in the vault at `KEY_VAULT_URL`."""
+
+    type: Literal["key_vault"] = "key_vault"
+    secret_name: str = Field(pattern=r"^[0-9A-Za-z-]{1,127}$")
+
+    def cache_key(self) -> str:
+        return self.secret_name
+
+
+class KeyVaultKeys(CredentialProvider):
     """Endpoint keys kept as Key Vault secrets, read with `SecretClient` and cached."""
 
-    refreshable = True
+    settings = KeyVaultAuth
 
-    def __init__(
-        self,
-        vault_url: str,
-        credential: AsyncTokenCredential,
-        settings: CredentialSettings,
-        client_options: Mapping[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, context: ProviderContext) -> None:
+        super().__init__(context)
         from azure.keyvault.secrets.aio import SecretClient
 
-        self._vault = vault_url
-        self._vault_name = (urlsplit(vault_url).hostname or vault_url).split(".")[0]
-        self._settings = settings
-        self._client: SecretClient = SecretClient(vault_url, credential, **(client_options or {}))
-        self._cache = ExpiringCache(self._read)
+        self._vault = context.environ["KEY_VAULT_URL"]
+        self._client: SecretClient = SecretClient(
+            self._vault, context.azure_credential(), **(context.secret_client_options or {})
+        )
 
-    async def get(self, auth: KeyVaultAuth) -> str:
-        return await self._cache.get(auth.secret_name)
-
-    def invalidate(self, auth: KeyVaultAuth, refused: str) -> None:
-        self._cache.invalidate(auth.secret_name, refused)
+    @classmethod
+    def check(cls, auth: KeyVaultAuth, environ: Mapping[str, str]) -> str | None:
+        if not environ.get("KEY_VAULT_URL"):
+            return (
+                "type 'key_vault' needs the app setting KEY_VAULT_URL "
+                "(the vault's URI, e.g. https://<vault>.vault.azure.net/)"
+            )
+        return None
 
     async def aclose(self) -> None:
         await self._client.close()
 
-    async def _read(self, name: str) -> Expiring:
+    async def fetch(self, name: str) -> Expiring:
         from azure.core.exceptions import (
             ClientAuthenticationError,
             HttpResponseError,
             ResourceNotFoundError,
         )
 
+        settings = self._context.settings
         where = f"secret {name!r} in Key Vault {self._vault}"
         try:
-            async with asyncio.timeout(self._settings.timeout_s):
+            async with asyncio.timeout(settings.timeout_s):
                 secret = await self._client.get_secret(name)
         except ResourceNotFoundError:
+            vault_name = self._vault.split("//")[-1].split(".")[0]
             raise CredentialUnavailableError(
                 f"the {where} does not exist; create it with `az keyvault secret set "
-                f"--vault-name {self._vault_name} --name {name} --value <endpoint key>`",
+                f"--vault-name {vault_name} --name {name} --value <endpoint key>`",
                 outage=False,
             ) from None
         except ClientAuthenticationError as exc:
-            raise self._unavailable(
-                where, "the app's identity could not get a token for the vault", exc
-            ) from None
+            raise _outage(where, "the app's identity could not get a token for the vault", exc) from exc
         except HttpResponseError as exc:
             if exc.status_code == 403:
                 raise CredentialUnavailableError(
@@ -122,13 +237,10 @@ class KeyVaultKeys:
                     "the role 'Key Vault Secrets User' on the vault (RBAC authorization)",
                     outage=False,
                 ) from None
-            raise self._unavailable(where, f"the vault answered HTTP {exc.status_code}", exc) from None
+            raise _outage(where, f"the vault answered HTTP {exc.status_code}", exc) from exc
         except TimeoutError as exc:
-            raise self._unavailable(
-                where,
-                f"neither the vault nor the app's identity answered within {self._settings.timeout_s:g} s",
-                exc,
-            ) from None
+            why = f"neither the vault nor the app's identity answered within {settings.timeout_s:g} s"
+            raise _outage(where, why, exc) from exc
         except ValueError:  # azure-keyvault-secrets' challenge-resource verification
             raise CredentialUnavailableError(
                 f"cannot read the {where}: the vault's authentication challenge names a domain "
@@ -136,52 +248,58 @@ class KeyVaultKeys:
                 outage=False,
             ) from None
         except Exception as exc:  # connection refused, DNS, TLS: azure-core's ServiceRequestError
-            raise self._unavailable(where, "the vault cannot be reached", exc) from None
+            raise _outage(where, "the vault cannot be reached", exc) from exc
         if not secret.value:
             raise CredentialUnavailableError(f"the {where} is empty", outage=False)
         now = self._cache.now()
-        ttl = self._settings.secret_ttl_s
-        return Expiring(secret.value, now + ttl, now + ttl + self._settings.max_stale_s)
-
-    @staticmethod
-    def _unavailable(where: str, why: str, exc: BaseException) -> CredentialUnavailableError:
-        return CredentialUnavailableError(
-            f"cannot read the {where}: {why} ({type(exc).__name__})", outage=True
-        )
+        ttl = settings.secret_ttl_s
+        return Expiring(secret.value, now + ttl, now + ttl + settings.max_stale_s)
 
 
-class EntraTokens:
+class EntraAuth(AuthSettings):
+    """A Microsoft Entra ID token for `scope`, from the app's identity (keyless endpoints)."""
+
+    type: Literal["entra"] = "entra"
+    scope: str = DEFAULT_ENTRA_SCOPE
+
+    def cache_key(self) -> str:
+        return self.scope
+
+
+class EntraTokens(CredentialProvider):
     """Microsoft Entra ID tokens for keyless endpoints, from the app's identity, cached."""
 
-    refreshable = True
+    settings = EntraAuth
 
-    def __init__(self, credential: AsyncTokenCredential, settings: CredentialSettings) -> None:
-        self._credential = credential
-        self._settings = settings
-        self._cache = ExpiringCache(self._token)
-
-    async def get(self, auth: EntraAuth) -> str:
-        return await self._cache.get(auth.scope)
-
-    def invalidate(self, auth: EntraAuth, refused: str) -> None:
-        self._cache.invalidate(auth.scope, refused)
-
-    async def aclose(self) -> None:
-        pass  # the credential belongs to `Credentials`
-
-    async def _token(self, scope: str) -> Expiring:
+    async def fetch(self, name: str) -> Expiring:
+        timeout_s = self._context.settings.timeout_s
         try:
-            async with asyncio.timeout(self._settings.timeout_s):
-                token = await self._credential.get_token(scope)
+            async with asyncio.timeout(timeout_s):
+                token = await self._context.azure_credential().get_token(name)
         except Exception as exc:  # azure-identity's ClientAuthenticationError, a timeout
             raise CredentialUnavailableError(
-                f"the app's identity could not get a token for {scope} ({type(exc).__name__})",
+                f"the app's identity could not get a token for {name} ({type(exc).__name__})",
                 outage=True,
-            ) from None
+            ) from exc
         remaining = token.expires_on - time.time()
         now = self._cache.now()
         renew_in = max(remaining - TOKEN_RENEWAL_MARGIN_S, remaining / 2)
         return Expiring(token.token, now + renew_in, now + remaining - 30)
+
+
+def _outage(where: str, why: str, exc: BaseException) -> CredentialUnavailableError:
+    return CredentialUnavailableError(f"cannot read the {where}: {why} ({type(exc).__name__})", outage=True)
+
+
+#: The auth types the configuration accepts, each with its provider: the one registration.
+AUTH_TYPES: tuple[type[CredentialProvider], ...] = (KeyVaultKeys, EntraTokens, EnvKeys)
+PROVIDERS: dict[str, type[CredentialProvider]] = {p.auth_type(): p for p in AUTH_TYPES}
+
+if TYPE_CHECKING:
+    Auth = AuthSettings
+else:
+    #: The `auth` object of an endpoint: one of the registered types, told apart by `type`.
+    Auth = Annotated[Union[tuple(p.settings for p in AUTH_TYPES)], Field(discriminator="type")]  # noqa: UP007
 
 
 def azure_credential(environ: Mapping[str, str]) -> AsyncTokenCredential:
@@ -199,8 +317,8 @@ def azure_credential(environ: Mapping[str, str]) -> AsyncTokenCredential:
 
 
 class Credentials:
-    """Dispatches each endpoint to the provider of its auth type; owns the process's one Azure
-    credential, shared by Key Vault and Entra ID."""
+    """Each endpoint's credential from the provider of its auth type; providers are created on
+    first use and share the process's one Azure credential."""
 
     def __init__(
         self,
@@ -208,49 +326,34 @@ class Credentials:
         settings: CredentialSettings | None = None,
         *,
         secret_client_options: Mapping[str, Any] | None = None,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
-        """`secret_client_options` are passed to azure-keyvault-secrets' `SecretClient` (a
-        proxy, a custom CA bundle as `connection_verify`, a transport)."""
-        self._environ = environ
-        self._settings = settings or CredentialSettings()
-        self._secret_client_options = secret_client_options
+        self._context = ProviderContext(
+            environ, settings or CredentialSettings(), observer, secret_client_options
+        )
         self._providers: dict[str, CredentialProvider] = {}
-        self._azure_credential: AsyncTokenCredential | None = None
 
-    def _provider(self, auth_type: str) -> CredentialProvider:
-        provider = self._providers.get(auth_type)
+    def observe(self, observer: Observer) -> None:
+        self._context.observer = observer
+
+    def provider(self, auth: AuthSettings) -> CredentialProvider:
+        provider = self._providers.get(auth.type)
         if provider is None:
-            provider = self._providers[auth_type] = self._create(auth_type)
+            provider = self._providers[auth.type] = PROVIDERS[auth.type](self._context)
         return provider
 
-    def _create(self, auth_type: str) -> CredentialProvider:
-        if auth_type == "env":
-            return EnvKeys(self._environ)
-        if self._azure_credential is None:
-            self._azure_credential = azure_credential(self._environ)
-        if auth_type == "key_vault":
-            return KeyVaultKeys(
-                self._environ["KEY_VAULT_URL"],
-                self._azure_credential,
-                self._settings,
-                self._secret_client_options,
-            )
-        return EntraTokens(self._azure_credential, self._settings)
+    async def get(self, auth: AuthSettings) -> Credential:
+        return await self.provider(auth).get(auth)
 
-    async def get(self, endpoint: EndpointConfig) -> str:
-        return await self._provider(endpoint.auth.type).get(endpoint.auth)
+    def refreshable(self, auth: AuthSettings) -> bool:
+        return self.provider(auth).refreshable
 
-    def refreshable(self, endpoint: EndpointConfig) -> bool:
-        return self._provider(endpoint.auth.type).refreshable
-
-    def invalidate(self, endpoint: EndpointConfig, refused: str) -> None:
+    def invalidate(self, auth: AuthSettings, refused: Credential) -> None:
         """Drop `refused`, the value the endpoint just turned down."""
-        self._provider(endpoint.auth.type).invalidate(endpoint.auth, refused)
+        self.provider(auth).invalidate(auth, refused)
 
     async def aclose(self) -> None:
         for provider in self._providers.values():
             await provider.aclose()
         self._providers.clear()
-        if self._azure_credential is not None:
-            await self._azure_credential.close()
-            self._azure_credential = None
+        await self._context.aclose()

@@ -141,10 +141,14 @@ INTERNAL_ERROR_BODY = error_body(
 
 
 def upstream_status_error(
-    endpoint: str, status: int, body: bytes, retry_after: str | None = None
+    endpoint: str, status: int, body: bytes, retry_after: str | None = None, *, secret: str = ""
 ) -> GatewayError:
-    """The error the caller gets when endpoint `endpoint` answered HTTP `status` (>= 400)."""
-    error = _status_error(f"endpoint {endpoint!r} answered HTTP {status}", status, _upstream_message(body))
+    """The error the caller gets when endpoint `endpoint` answered HTTP `status` (>= 400);
+    `secret`, the credential it was called with, is scrubbed from the endpoint's message."""
+    detail = _upstream_message(body)
+    if secret and secret in detail:
+        detail = detail.replace(secret, "[redacted]")
+    error = _status_error(f"endpoint {endpoint!r} answered HTTP {status}", status, detail)
     error.upstream_status = status
     if retry_after and status in (429, 503):
         error.headers["Retry-After"] = retry_after

@@ -62,29 +62,45 @@ class Backoff:
 class Cooldowns:
     """Endpoints that failed `threshold` requests in a row, skipped for `cooldown_s` (per process).
 
-    After the cooldown one request may try the endpoint again; a success closes the circuit, a
-    failure opens it for another cooldown.
+    After the cooldown the circuit is half-open: one request (the probe) may try the endpoint
+    while the others are still turned away; its success closes the circuit, its failure opens
+    it for another cooldown. A probe that ends neither way (the caller left, the endpoint
+    refused the request itself) gives its turn to the next request; so does one that has not
+    ended after `probe_timeout_s`.
     """
 
     def __init__(
-        self, threshold: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        threshold: int,
+        cooldown_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        probe_timeout_s: float = 180.0,
     ) -> None:
         self._threshold = threshold
         self._cooldown_s = cooldown_s
+        self._probe_timeout_s = probe_timeout_s
         self._clock = clock
         self._failures: dict[str, int] = {}
+        #: Open circuits: until when, and whether the endpoint was throttling.
         self._until: dict[str, tuple[float, bool]] = {}
+        #: Half-open circuits whose probe is under way, and since when.
+        self._probing: dict[str, float] = {}
 
-    def blocked(self, name: str) -> GatewayError | None:
-        """The error to answer with while `name` cools down, or None if it may be tried."""
+    def admit(self, name: str) -> GatewayError | None:
+        """None if this request may try `name` (perhaps as its probe), else the error to
+        answer with while it cools down."""
         until = self._until.get(name)
         if until is None:
             return None
-        remaining = until[0] - self._clock()
+        now = self._clock()
+        remaining = until[0] - now
         if remaining <= 0:
-            del self._until[name]  # half-open: this request tries it
-            self._failures[name] = self._threshold - 1
-            return None
+            probe_started = self._probing.get(name)
+            if probe_started is None or now - probe_started >= self._probe_timeout_s:
+                self._probing[name] = now
+                return None
+            remaining = 1.0
         retry_after = {"Retry-After": str(max(1, round(remaining)))}
         if until[1]:
             return UpstreamThrottledError(
@@ -96,12 +112,22 @@ class Cooldowns:
             headers=retry_after,
         )
 
-    def failed(self, name: str, error: GatewayError) -> None:
+    def failed(self, name: str, error: GatewayError) -> bool:
+        """Count a failure; True if it opened the circuit (again)."""
+        self._probing.pop(name, None)
         failures = self._failures.get(name, 0) + 1
         self._failures[name] = failures
-        if failures >= self._threshold:
-            self._until[name] = (self._clock() + self._cooldown_s, error.status == 429)
+        if failures < self._threshold and name not in self._until:
+            return False
+        self._until[name] = (self._clock() + self._cooldown_s, error.status == 429)
+        return True
 
-    def succeeded(self, name: str) -> None:
+    def succeeded(self, name: str) -> bool:
+        """A request succeeded; True if that closed an open circuit."""
         self._failures.pop(name, None)
-        self._until.pop(name, None)
+        self._probing.pop(name, None)
+        return self._until.pop(name, None) is not None
+
+    def abandoned(self, name: str) -> None:
+        """The request that tried `name` ended without telling whether it works."""
+        self._probing.pop(name, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +34,12 @@ def build_upstream_request(
     endpoint: EndpointConfig,
     messages: list[dict[str, Any]],
     params: dict[str, Any],
-    credential: str,
+    credential_headers: Mapping[str, str],
     *,
     client_request_id: str | None = None,
 ) -> UpstreamRequest:
-    """The call to make for `messages`, authorized with `credential` (a key or a token).
+    """The call to make for `messages`, authorized by `credential_headers` (a key or a token in
+    the header its auth type sends it in).
 
     Nothing of the caller's request but its messages, its parameters and its request id reaches
     the endpoint: the headers are built here, from the configuration.
@@ -49,7 +51,7 @@ def build_upstream_request(
     headers = {
         "Content-Type": formatter.content_type,
         "Accept": formatter.accepts,
-        "Authorization": f"Bearer {credential}",
+        **credential_headers,
     }
     if endpoint.deployment_name:
         headers["azureml-model-deployment"] = endpoint.deployment_name

@@ -47,11 +47,11 @@ def test_the_design_example_parses():
             default_model="llama-chat",
         )
     )
-    mistral = config.endpoint("mistral-large")
+    mistral = config.endpoints_by_name["mistral-large"]
     assert mistral.api_type is ApiType.SERVERLESS
     assert isinstance(mistral.formatter, MistralChatContentFormatter)
     assert mistral.auth.scope == "https://ml.azure.com/.default"
-    assert config.endpoint("llama-chat").timeout_s == 60 and config.endpoint("llama-chat").max_retries == 2
+    assert config.endpoints_by_name["llama-chat"].timeout_s == 60 and config.endpoints_by_name["llama-chat"].max_retries == 2
 
 
 def test_realtime_is_a_deprecated_alias_of_dedicated(caplog):

@@ -168,19 +168,37 @@ def test_cooldown_lets_one_request_try_again_afterwards():
     now = [0.0]
     cooldowns = Cooldowns(threshold=2, cooldown_s=10, clock=lambda: now[0])
     failure = UpstreamError("boom", upstream_status=500)
-    cooldowns.failed("a", failure)
-    assert cooldowns.blocked("a") is None
-    cooldowns.failed("a", failure)
-    assert cooldowns.blocked("a").status == 503
+    assert cooldowns.failed("a", failure) is False
+    assert cooldowns.admit("a") is None
+    assert cooldowns.failed("a", failure) is True  # opened
+    assert cooldowns.admit("a").status == 503
     now[0] = 10.5
-    assert cooldowns.blocked("a") is None  # half-open
-    cooldowns.failed("a", failure)  # one more failure opens it again
-    assert cooldowns.blocked("a") is not None
+    assert cooldowns.admit("a") is None  # half-open: this request is the probe
+    assert cooldowns.failed("a", failure) is True  # the probe failed: open again
+    assert cooldowns.admit("a") is not None
     now[0] = 21
-    assert cooldowns.blocked("a") is None
-    cooldowns.succeeded("a")
+    assert cooldowns.admit("a") is None
+    assert cooldowns.succeeded("a") is True  # closed
     cooldowns.failed("a", UpstreamThrottledError("slow down", upstream_status=429))
-    assert cooldowns.blocked("a") is None
+    assert cooldowns.admit("a") is None
+
+
+def test_half_open_admits_one_probe_until_it_ends():
+    now = [0.0]
+    cooldowns = Cooldowns(threshold=1, cooldown_s=10, clock=lambda: now[0], probe_timeout_s=60)
+    cooldowns.failed("a", UpstreamError("boom", upstream_status=500))
+    now[0] = 11
+    assert cooldowns.admit("a") is None  # the probe
+    second = cooldowns.admit("a")  # everyone else still falls back meanwhile
+    assert second is not None and second.code == "endpoint_cooling_down"
+    assert second.headers["Retry-After"] == "1"
+    cooldowns.abandoned("a")  # the probe's caller left: the next request probes instead
+    assert cooldowns.admit("a") is None
+    assert cooldowns.admit("a") is not None
+    now[0] = 72  # a probe that never ends gives its turn up after probe_timeout_s
+    assert cooldowns.admit("a") is None
+    assert cooldowns.succeeded("a") is True
+    assert cooldowns.admit("a") is None and cooldowns.admit("a") is None
 
 
 async def test_concurrency_beyond_max_is_a_429_not_a_pile_up(emulator, start_gateway):

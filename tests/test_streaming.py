@@ -17,7 +17,7 @@ from emulator import Emulator, Fault
 from shared.errors import UpstreamTimeoutError
 from shared.http import EventStreamResponse
 from shared.sse import KEEPALIVE
-from shared.streaming import Pacing
+from shared.relay import Pacing
 
 from .conftest import emulator_config
 from .servers import AiohttpServer
