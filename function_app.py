@@ -1,32 +1,40 @@
 """Azure Functions entry point (Python v2 programming model): routes only.
 
 Importing the HTTP-streams extension switches the whole app to Starlette request and response
-types, so every route here takes its `Request`; the work is done by `shared.http`.
+types, so every function takes its `Request`. One function per entry of `shared.routes.ROUTES`;
+the work is done by `shared.http.GatewayApi`.
 """
+
+from collections.abc import Awaitable, Callable
 
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from shared.http import GatewayApi
+from shared.routes import ROUTES, Route
 from shared.runtime import tune_gc
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 api = GatewayApi.from_environ()
 
 
-@app.route(route="v1/chat/completions", methods=[func.HttpMethod.POST])
-async def chat_completions(req: Request) -> Response:
-    return await api.chat_completions(req)
+def _function(route: Route) -> Callable[[Request], Awaitable[Response]]:
+    handler = getattr(api, route.handler)
+
+    async def function(req: Request) -> Response:
+        return await handler(req)
+
+    function.__name__ = function.__qualname__ = route.name
+    return function
 
 
-@app.route(route="v1/models", methods=[func.HttpMethod.GET])
-async def models(req: Request) -> Response:
-    return await api.models(req)
-
-
-@app.route(route="health", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)
-async def health(req: Request) -> Response:
-    return await api.health(req)
-
+for _route in ROUTES:
+    app.function_name(_route.name)(
+        app.route(
+            route=_route.path,
+            methods=[_route.method],
+            auth_level=func.AuthLevel.ANONYMOUS if _route.anonymous else None,
+        )(_function(_route))
+    )
 
 tune_gc()  # after everything above is created: see shared/runtime.py

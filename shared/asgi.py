@@ -20,14 +20,14 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import GatewayError, MethodNotAllowedError, NotFoundError
 from .http import REQUEST_ID_HEADER, GatewayApi, error_response
 from .logs import bind_request_id
-from .openapi import openapi_document
+from .routes import ROUTES, describe_routes
 from .runtime import tune_gc
 
 #: The example front-end: streams an answer with plain fetch and SSE parsing.
@@ -70,23 +70,14 @@ def build_app(api: GatewayApi) -> ASGIApp:
         await api.aclose()
 
     chat_page = HTMLResponse(CHAT_PAGE.read_bytes())
-    openapi = JSONResponse(openapi_document())
 
     async def chat(request: Request) -> Response:
         return chat_page
 
-    async def openapi_json(request: Request) -> Response:
-        return openapi
-
-    api_routes = {
-        ("POST", "/api/v1/chat/completions"): api.chat_completions,
-        ("GET", "/api/v1/models"): api.models,
-        ("GET", "/api/health"): api.health,
-    }
+    api_routes = {(route.method, route.url_path): getattr(api, route.handler) for route in ROUTES}
     starlette = Starlette(
         routes=[
-            *(Route(path, handler, methods=[method]) for (method, path), handler in api_routes.items()),
-            Route("/api/openapi.json", openapi_json, methods=["GET"]),
+            *(Route(route.url_path, getattr(api, route.handler), methods=[route.method]) for route in ROUTES),
             Route("/", chat, methods=["GET"]),
         ],
         exception_handlers={HTTPException: _routing_error},
@@ -126,8 +117,7 @@ async def _routing_error(request: Request, exc: Exception) -> Response:
         error.headers.update(exc.headers or {})
     else:
         error = NotFoundError(
-            f"No route {request.url.path}; the gateway serves POST /api/v1/chat/completions, "
-            "GET /api/v1/models, GET /api/health and GET /api/openapi.json."
+            f"No route {request.url.path}; the gateway serves {describe_routes()} (and its chat page at GET /)."
         )
     response = error_response(error)
     response.headers[REQUEST_ID_HEADER] = bind_request_id(request.headers.get(REQUEST_ID_HEADER))

@@ -21,6 +21,7 @@ from .chat import parse_chat_request
 from .codec import dumps
 from .errors import INTERNAL_ERROR_BODY, GatewayError, InvalidRequestError, RequestTooLargeError
 from .logs import bind_request_id, get_logger
+from .openapi import openapi_document
 from .service import Gateway
 from .sse import SSE_HEADERS
 
@@ -68,11 +69,12 @@ class EventStreamResponse(StreamingResponse):
 
 
 class GatewayApi:
-    """`chat_completions`, `models` and `health`, bound to one process-wide `Gateway`."""
+    """The handlers of the routes in `shared.routes.ROUTES`, bound to one process-wide `Gateway`."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._max_request_bytes = gateway.config.max_request_bytes
+        self._openapi_document: bytes | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> GatewayApi:
@@ -86,6 +88,9 @@ class GatewayApi:
 
     async def health(self, request: Request) -> Response:
         return await _respond(request, _health)
+
+    async def openapi(self, request: Request) -> Response:
+        return await _respond(request, self._openapi)
 
     async def aclose(self) -> None:
         await self.gateway.aclose()
@@ -102,6 +107,11 @@ class GatewayApi:
 
     async def _models(self, request: Request) -> Response:
         return JSONResponse(self.gateway.models())
+
+    async def _openapi(self, request: Request) -> Response:
+        if self._openapi_document is None:
+            self._openapi_document = dumps(openapi_document())
+        return Response(self._openapi_document, media_type="application/json")
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

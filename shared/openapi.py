@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .chat import ChatCompletionRequest
+from .routes import ROUTES
 
 _ERROR = {
     "type": "object",
@@ -91,9 +92,54 @@ def _errors(*statuses: str) -> dict[str, Any]:
     }
 
 
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+#: What the table's routes take and answer, by route name; a route without an entry is
+#: described by its summary and a JSON object.
+_OPERATIONS: dict[str, dict[str, Any]] = {
+    "chat_completions": {
+        "requestBody": {
+            "required": True,
+            "content": _json({"$ref": "#/components/schemas/ChatCompletionRequest"}),
+        },
+        "responses": {
+            "200": {
+                "description": "A chat.completion, or with stream=true server-sent chat.completion.chunk "
+                "events ending in data: [DONE]",
+                "content": {
+                    **_json({"$ref": "#/components/schemas/ChatCompletion"}),
+                    "text/event-stream": {"schema": _SSE_EVENT},
+                },
+            },
+            **_errors("400", "404", "413", "429", "502", "503", "504"),
+        },
+    },
+    "models": {
+        "responses": {
+            "200": {
+                "description": "One model per configured endpoint",
+                "content": _json({"$ref": "#/components/schemas/ModelList"}),
+            }
+        }
+    },
+}
+
+
 def openapi_document() -> dict[str, Any]:
     request_schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     components = request_schema.pop("$defs", {})
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        operation = _OPERATIONS.get(route.name) or {
+            "responses": {"200": {"description": route.summary, "content": _json({"type": "object"})}}
+        }
+        paths.setdefault(route.url_path, {})[route.method.lower()] = {
+            "operationId": route.name,
+            "summary": route.summary,
+            **operation,
+        }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -101,58 +147,7 @@ def openapi_document() -> dict[str, Any]:
             "version": "1.0.0",
             "description": "OpenAI Chat Completions in front of Azure Machine Learning online endpoints.",
         },
-        "paths": {
-            "/api/v1/chat/completions": {
-                "post": {
-                    "operationId": "createChatCompletion",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "A chat.completion, or with stream=true server-sent chat.completion.chunk "
-                            "events ending in data: [DONE]",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/ChatCompletion"}
-                                },
-                                "text/event-stream": {"schema": _SSE_EVENT},
-                            },
-                        },
-                        **_errors("400", "404", "413", "429", "502", "503", "504"),
-                    },
-                }
-            },
-            "/api/v1/models": {
-                "get": {
-                    "operationId": "listModels",
-                    "responses": {
-                        "200": {
-                            "description": "One model per configured endpoint",
-                            "content": {
-                                "application/json": {"schema": {"$ref": "#/components/schemas/ModelList"}}
-                            },
-                        }
-                    },
-                }
-            },
-            "/api/health": {
-                "get": {
-                    "operationId": "health",
-                    "responses": {
-                        "200": {
-                            "description": "Alive",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        }
-                    },
-                }
-            },
-        },
+        "paths": paths,
         "components": {
             "schemas": {
                 **components,

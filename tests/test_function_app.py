@@ -62,7 +62,7 @@ def _worker_like_app(functions) -> Starlette:
     return Starlette(routes=routes)
 
 
-def test_function_app_indexes_exactly_the_three_routes(functions_host):
+def test_function_app_indexes_exactly_the_four_routes(functions_host):
     bindings = {
         name: json.loads(function.get_function_json())["bindings"]
         for name, function in functions_host["functions"].items()
@@ -87,6 +87,17 @@ def test_function_app_indexes_exactly_the_three_routes(functions_host):
                 "methods": ["GET"],
                 "authLevel": "FUNCTION",
                 "route": "v1/models",
+            },
+            {"direction": "OUT", "type": "http", "name": "$return"},
+        ],
+        "openapi": [
+            {
+                "direction": "IN",
+                "type": "httpTrigger",
+                "name": "req",
+                "methods": ["GET"],
+                "authLevel": "FUNCTION",
+                "route": "openapi.json",
             },
             {"direction": "OUT", "type": "http", "name": "$return"},
         ],

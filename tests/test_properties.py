@@ -128,7 +128,12 @@ def test_openapi_document_is_served(gateway):
 
     with urllib.request.urlopen(gateway + "/api/openapi.json") as r:
         document = json.load(r)
-    assert set(document["paths"]) == {"/api/v1/chat/completions", "/api/v1/models", "/api/health"}
+    assert set(document["paths"]) == {
+        "/api/v1/chat/completions",
+        "/api/v1/models",
+        "/api/openapi.json",
+        "/api/health",
+    }
     assert "ChatCompletionRequest" in document["components"]["schemas"]
 
 
