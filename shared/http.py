@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from .chat import parse_chat_request
+from .chat import ChatRequest, parse_chat_request
 from .codec import dumps
 from .errors import INTERNAL_ERROR_BODY, GatewayError, InvalidRequestError, RequestTooLargeError
 from .logs import bind_request_id, get_logger
@@ -98,6 +98,9 @@ class GatewayApi:
     async def _chat_completions(self, request: Request) -> Response:
         body = await read_body(request, self._max_request_bytes)
         chat = parse_chat_request(body)
+        return await _while_connected(request, self._answer(chat))
+
+    async def _answer(self, chat: ChatRequest) -> Response:
         if not chat.stream:
             return JSONResponse(await self.gateway.chat(chat))
         events = self.gateway.chat_stream(chat)
@@ -112,6 +115,32 @@ class GatewayApi:
         if self._openapi_document is None:
             self._openapi_document = dumps(openapi_document())
         return Response(self._openapi_document, media_type="application/json")
+
+
+async def _while_connected(request: Request, answer: Awaitable[Response]) -> Response:
+    """`answer`, cancelled as soon as the caller disconnects: its call to the endpoint and its
+    in-flight slot are given back at once, not when the endpoint answers. (Once the response
+    starts, `EventStreamResponse` watches a stream the same way.)"""
+    answering = cast(asyncio.Task[Any], asyncio.current_task())
+    caller_left = False
+
+    async def watch() -> None:
+        nonlocal caller_left
+        # The body has been read: the server's next message is the disconnect.
+        if (await request.receive())["type"] == "http.disconnect":
+            caller_left = True
+            answering.cancel()
+
+    watching = asyncio.create_task(watch())
+    try:
+        return await answer
+    except asyncio.CancelledError:
+        if not caller_left or answering.uncancel() > 0:
+            raise  # not ours: a server shutdown goes on up
+        log.info("the caller left before the answer; its call to the endpoint was cancelled")
+        return Response(status_code=499)  # nobody reads it: the connection is gone
+    finally:
+        watching.cancel()
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -284,7 +284,7 @@ async def test_an_endpoints_cookies_are_not_sent_back_with_the_next_callers_requ
     try:
         for _ in range(2):
             status, _, _ = await post(base, {"model": "mistral-large", "messages": HELLO})
-            assert status == 200
+            assert status == 200, (status, time.monotonic() - started)
     finally:
         servers.run(server.stop())
     assert cookies_seen == [None, None]
@@ -318,3 +318,30 @@ async def test_fallback_config_must_name_other_endpoints():
     config["endpoints"][0]["fallbacks"] = ["llama-chat"]
     with pytest.raises(ConfigError, match="fallback 'llama-chat' is not the name of another endpoint"):
         parse_config(json.dumps(config))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_caller_who_leaves_gives_back_its_slot_at_once(emulator, start_gateway, stream):
+    """A whole answer, or a stream before its first event: the call to the endpoint is
+    cancelled when the caller goes, so its `max_concurrency` slot serves the next caller
+    while the endpoint would still be working on the first one."""
+    config = resilient(emulator[1], retries=0)
+    config["endpoints"][0].update(max_concurrency=1, timeout_s=30)
+    config["streaming"] = {"keepalive_s": 30}
+    base = start_gateway(config)
+    emulator[0].add_fault(Fault(hang=True, times=1))
+    body = {"messages": HELLO, "stream": stream}
+    async with aiohttp.ClientSession() as session:
+        leaving = asyncio.create_task(session.post(base + CHAT, json=body))
+        while not emulator[0].requests:  # the endpoint has the first call
+            await asyncio.sleep(0.01)
+        leaving.cancel()  # the caller goes away
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+    started = time.monotonic()
+    while True:  # the slot comes back as soon as the gateway notices, not after the hang
+        status, _, _ = await post(base, {"messages": HELLO})
+        if status != 429 or time.monotonic() - started > 3:
+            break
+        await asyncio.sleep(0.02)
+    assert status == 200, (status, time.monotonic() - started)

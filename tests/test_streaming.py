@@ -405,3 +405,24 @@ async def test_an_event_stream_passes_on_a_cancellation_that_is_not_the_callers(
     with pytest.raises(asyncio.CancelledError):
         await serving
     assert closed == [True]
+
+
+async def test_an_endpoint_that_sends_only_its_own_comments_still_leaves_the_caller_keepalives(
+    servers, start_gateway
+):
+    """The keep-alive clock counts what reached the caller: `: ping` comments from the endpoint
+    every 20 ms reach nobody, so the caller still gets a keep-alive every 100 ms."""
+    pings = [b": ping\n\n"] * 40  # 0.8 s of the endpoint's own comments
+    first = ("data: " + chunk_json({"role": "assistant", "content": "late"}, "stop") + "\n\n").encode()
+    server, base = await raw_upstream(
+        servers,
+        start_gateway,
+        [*pings, first, b"data: [DONE]\n\n"],
+        pause_s=0.02,
+        configure=lambda config: config.update(streaming={"keepalive_s": 0.1}),
+    )
+    status, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+    assert status == 200 and content(lines) == "late" and lines[-1] == "data: [DONE]"
+    # About eight are due; a slow machine's timers lower the count, never to none.
+    assert 3 <= lines.count(": keep-alive") <= 9, lines
+    servers.run(server.stop())
