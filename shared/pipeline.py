@@ -27,7 +27,7 @@ from .logs import get_logger
 from .observe import NO_OBSERVER, Exchange, Observer
 from .retry import Backoff, Cooldowns, parse_retry_after, retryable
 from .routing import UpstreamRequest
-from .transport import Transport, UpstreamStream
+from .transport import Answer, Sender
 
 log = get_logger("gateway.pipeline")
 
@@ -88,7 +88,7 @@ class Pipeline:
         self,
         config: GatewayConfig,
         credentials: Credentials,
-        transport: Transport,
+        transport: Sender,
         observer: Observer = NO_OBSERVER,
     ) -> None:
         self.config = config
@@ -128,7 +128,7 @@ class Pipeline:
         leases: Leases,
         *,
         stream: bool = False,
-    ) -> tuple[EndpointConfig, UpstreamStream]:
+    ) -> tuple[EndpointConfig, Answer]:
         """The first endpoint that answers yes: `endpoint`, retried, then its fallbacks in
         order. Returns the endpoint that answered and its answer (status < 400), whose body
         `stream` says how to read; leaving `leases` releases it."""
@@ -182,7 +182,7 @@ class Pipeline:
         leases: Leases,
         deadline: float,
         stream: bool,
-    ) -> UpstreamStream:
+    ) -> Answer:
         """`endpoint`, tried again after retryable failures, at most `max_retries` times, within
         `deadline`. One of its in-flight slots is held until the request is done."""
         release = self.in_flight.acquire(endpoint)
@@ -244,7 +244,7 @@ class Pipeline:
         attempt: int,
         timeout_s: float,
         stream: bool,
-    ) -> UpstreamStream:
+    ) -> Answer:
         """One call of `endpoint`; a refused credential is fetched again, once (a rotated key)."""
         observer = self._observer
         for refetched in (False, True):

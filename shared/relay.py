@@ -25,7 +25,7 @@ from .ids import completion_id
 from .logs import get_logger
 from .observe import Exchange, Observer
 from .sse import DONE, KEEPALIVE, SSEDecoder, event
-from .transport import UpstreamResponse, UpstreamStream
+from .transport import Answer, UpstreamResponse
 
 log = get_logger("gateway.relay")
 
@@ -158,7 +158,7 @@ class Pacing:
 
 
 async def relay_chat(
-    opening: Awaitable[tuple[EndpointConfig, UpstreamStream]],
+    opening: Awaitable[tuple[EndpointConfig, Answer]],
     *,
     pacing: Pacing,
     read_result: ReadResult,
@@ -188,7 +188,7 @@ async def relay_chat(
 
 
 async def _events(
-    opening: Awaitable[tuple[EndpointConfig, UpstreamStream]],
+    opening: Awaitable[tuple[EndpointConfig, Answer]],
     pacing: Pacing,
     read_result: ReadResult,
     exchange: Exchange,
@@ -218,7 +218,7 @@ async def _events(
 
 async def _relayed(
     endpoint: EndpointConfig,
-    upstream: UpstreamStream,
+    upstream: Answer,
     ids: ChunkIds,
     exchange: Exchange,
     include_usage: bool,
@@ -269,9 +269,7 @@ async def _relayed(
     yield DONE
 
 
-async def _event_batches(
-    upstream: UpstreamStream, wait_s: Callable[[], float]
-) -> AsyncIterator[list[str] | None]:
+async def _event_batches(upstream: Answer, wait_s: Callable[[], float]) -> AsyncIterator[list[str] | None]:
     """The data of the events completed by each read (the last one included if it lacks its
     blank line), and None for each wait of `wait_s()` seconds that read nothing."""
     decoder = SSEDecoder()

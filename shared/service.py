@@ -17,7 +17,7 @@ from .observe import NO_OBSERVER, Exchange, Observer
 from .pipeline import Leases, Pipeline, RequestBuilder
 from .relay import Pacing, relay_chat
 from .routing import UpstreamRequest, build_upstream_request
-from .transport import Transport, UpstreamResponse
+from .transport import Sender, Transport, UpstreamResponse
 
 log = get_logger("gateway.service")
 
@@ -31,13 +31,13 @@ class Gateway:
         config: GatewayConfig,
         *,
         credentials: Credentials | None = None,
-        transport: Transport | None = None,
+        transport: Sender | None = None,
         observer: Observer = NO_OBSERVER,
     ) -> None:
         self.config = config
         self._credentials = credentials or Credentials(settings=config.credentials)
         self._credentials.observe(observer)
-        self._transport = transport or Transport()
+        self._transport: Sender = transport or Transport()
         self._observer = observer
         self.pipeline = Pipeline(config, self._credentials, self._transport, observer)
         self._model_list = {

@@ -6,6 +6,7 @@ import asyncio
 import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 
@@ -156,3 +157,25 @@ def _error(exc: Exception, endpoint: str, timeout_s: float, *, streaming: bool) 
 def _reason(exc: aiohttp.ClientConnectorError) -> str:
     os_error = exc.os_error
     return os_error.strerror or type(os_error).__name__ if os_error else type(exc).__name__
+
+
+class Answer(Protocol):
+    """What the pipeline and the relay use of an endpoint's answer (`UpstreamStream`)."""
+
+    status: int
+    content_type: str
+    retry_after: str | None
+
+    async def read(self) -> UpstreamResponse: ...
+
+    def chunks(self, idle_s: Callable[[], float]) -> AsyncIterator[bytes]: ...
+
+    def release(self) -> None: ...
+
+
+class Sender(Protocol):
+    """What the pipeline uses of the transport (`Transport`); tests put a fake behind it."""
+
+    async def send(self, request: UpstreamRequest, *, timeout_s: float, streaming: bool = True) -> Answer: ...
+
+    async def aclose(self) -> None: ...

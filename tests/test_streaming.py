@@ -16,8 +16,8 @@ from multidict import CIMultiDict
 from emulator import Emulator, Fault
 from shared.errors import UpstreamTimeoutError
 from shared.http import EventStreamResponse
-from shared.sse import KEEPALIVE
 from shared.relay import Pacing
+from shared.sse import KEEPALIVE
 
 from .conftest import emulator_config
 from .servers import AiohttpServer
