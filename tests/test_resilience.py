@@ -284,7 +284,7 @@ async def test_an_endpoints_cookies_are_not_sent_back_with_the_next_callers_requ
     try:
         for _ in range(2):
             status, _, _ = await post(base, {"model": "mistral-large", "messages": HELLO})
-            assert status == 200, (status, time.monotonic() - started)
+            assert status == 200
     finally:
         servers.run(server.stop())
     assert cookies_seen == [None, None]
