@@ -1,7 +1,7 @@
 """The gateway's one JSON codec: request bodies, answers and events.
 
-pydantic-core's encoder and decoder: several times faster than the json module's, integers of
-any width kept exactly, and a bounded nesting depth when decoding (a hostile body cannot
+pydantic-core's encoder and decoder: faster than the json module's on the hot path, integers
+of any width kept exactly, and a bounded nesting depth when decoding (a hostile body cannot
 exhaust the stack).
 """
 

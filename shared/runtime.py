@@ -13,10 +13,10 @@ def tune_gc() -> None:
     """Keep the cyclic garbage collector off the request path.
 
     A request allocates a few hundred short-lived containers, nearly all freed by reference
-    counting; at the default threshold a collection ran every few requests and, under load,
-    walked thousands of live request objects each time (15-20 % of the CPU per request in
-    bench/). What start-up created (modules, configuration, clients) lives as long as the
-    process: `gc.freeze` moves it out of the collector's sight for good.
+    counting; at the default threshold a collection runs every few requests and, under load,
+    walks thousands of live request objects each time (bench/README.md has the figures).
+    What start-up created (modules, configuration, clients) lives as long as the process:
+    `gc.freeze` moves it out of the collector's sight for good.
     """
     gc.collect()
     gc.freeze()
