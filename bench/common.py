@@ -20,7 +20,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.shaped_upstream import STREAM_SHAPES  # noqa: E402
+from bench.shaped_upstream import UPSTREAM_PATHS  # noqa: E402
 from shared.asgi import server_command  # noqa: E402
 
 #: The committed results, rewritten only when asked (`--update`, `make bench UPDATE=1`).
@@ -138,8 +138,8 @@ def start_floor(upstream: str, cpu: int | None = 1) -> Server:
 
 
 def gateway_config(upstream: str, shaped_upstream: str | None = None) -> dict[str, Any]:
-    """The emulator's two endpoints, and one serverless endpoint per stream shape of
-    `shaped_upstream` (named for the shape) when given."""
+    """The emulator's two endpoints, and one serverless endpoint per path of `shaped_upstream`
+    (named for the path) when given."""
     auth = {"type": "env", "variable": "EMULATOR_KEY"}
     shaped = [
         {
@@ -149,7 +149,7 @@ def gateway_config(upstream: str, shaped_upstream: str | None = None) -> dict[st
             "auth": auth,
             "max_concurrency": 4096,
         }
-        for shape in (STREAM_SHAPES if shaped_upstream else ())
+        for shape in (UPSTREAM_PATHS if shaped_upstream else ())
     ]
     return {
         "default_model": "dedicated",

@@ -7,9 +7,13 @@ shapes, and the relay's first chunk must not lag behind in any of them:
 - `POST /one-read/v1/chat/completions`: the whole stream, every event and `data: [DONE]`, in
   one write with the response head (a fast or cached answer, read by the caller in one read);
 - `POST /drip/v1/chat/completions`: the head with the first event, then one event per
-  millisecond.
+  millisecond, and the end of the body right after `data: [DONE]`;
+- `POST /drip-late-end/v1/chat/completions`: the same, but the end of the body comes one
+  millisecond after `data: [DONE]` (a client that lets go of the connection as soon as it has
+  read `[DONE]` cannot reuse it).
 Both send the same events (a role chunk, one chunk per word of a 25-word answer, a finish chunk)
-with chunked transfer encoding, as a streaming endpoint does. `GET /health` answers 200.
+with chunked transfer encoding, as a streaming endpoint does. `GET /health` answers 200;
+`GET /connections` the number of connections accepted so far.
 
 Raw asyncio on 127.0.0.1, so that the upstream costs the same few microseconds for the gateway
 and for the floor; it reads requests with a Content-Length (what both send) and refuses others.
@@ -23,8 +27,11 @@ import json
 import os
 import time
 
-#: The paths' prefixes, and the names of the endpoints and floors that serve them in the benchmark.
+#: The shapes whose first chunk is a target: the paths' prefixes, and the names of the
+#: gateway's endpoints and of the floors that serve them in the benchmark.
 STREAM_SHAPES = ("one-read", "drip")
+LATE_END = "drip-late-end"
+UPSTREAM_PATHS = (*STREAM_SHAPES, LATE_END)
 WORDS = 25
 #: Far above the benchmark's requests: a request larger than this is refused.
 MAX_REQUEST_BYTES = 1 << 20
@@ -78,8 +85,11 @@ class ShapedUpstream:
         self.one_read = HEAD + chunked(b"".join(events)) + END
         self.drip_first = HEAD + chunked(events[0])
         self.drip_rest = [chunked(e) for e in events[1:]]
+        #: Connections accepted so far: a client that reuses its connections opens few.
+        self.connections = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 try:
@@ -99,17 +109,23 @@ class ShapedUpstream:
                 path = rest.split(b" ", 1)[0]
                 if method == b"GET" and path == b"/health":
                     writer.write(HEALTH)
+                elif method == b"GET" and path == b"/connections":
+                    count = b"%d" % self.connections
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(count), count))
                 elif method != b"POST" or not path.endswith(b"/v1/chat/completions"):
                     writer.write(NOT_FOUND)
                 elif self._auth not in headers:
                     writer.write(UNAUTHORIZED)
                 elif path.startswith(b"/one-read/"):
                     writer.write(self.one_read)
-                elif path.startswith(b"/drip/"):
+                elif path.startswith((b"/drip/", b"/drip-late-end/")):
                     writer.write(self.drip_first)
                     for piece in self.drip_rest:
                         await asyncio.sleep(DRIP_INTERVAL_S)
                         writer.write(piece)
+                    if path.startswith(b"/drip-late-end/"):
+                        await writer.drain()
+                        await asyncio.sleep(DRIP_INTERVAL_S)
                     writer.write(END)
                 else:
                     writer.write(NOT_FOUND)

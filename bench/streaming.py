@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -32,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (  # noqa: E402
     KEY,
     ROOT,
-    STREAM_SHAPES,
     Server,
     machine,
     paired_overhead,
@@ -44,6 +44,7 @@ from bench.common import (  # noqa: E402
     summary,
     write_results,
 )
+from bench.shaped_upstream import STREAM_SHAPES, UPSTREAM_PATHS  # noqa: E402
 
 #: Named targets: (url, body, headers).
 Targets = dict[str, tuple[str, dict, dict]]
@@ -204,6 +205,32 @@ async def shape_figures(
     return figures
 
 
+async def connection_reuse(
+    upstream: Server, floors: dict[str, Server], gateway: Server, streams: int = 50
+) -> dict:
+    """For each path of the shaped upstream, the connections the floor and the gateway open to
+    it over `streams` streams read one after the other (1 or 0 when they reuse one; one per
+    stream when they let go of it before the end of the body). Locally a new connection costs a
+    TCP handshake; to a real endpoint also a TLS one."""
+
+    def accepted() -> int:
+        with urllib.request.urlopen(f"{upstream.url}/connections", timeout=5) as response:
+            return int(response.read())
+
+    figures: dict = {}
+    async with aiohttp.ClientSession() as session:
+        for path in UPSTREAM_PATHS:
+            named = shape_targets(upstream, floors, gateway, path)
+            row = {}
+            for name in ("floor", "gateway"):
+                before = accepted()
+                for _ in range(streams):
+                    await timed_stream(session, *named[name])
+                row[name] = accepted() - before - 1  # the count's own request
+            figures[path] = row
+    return {"streams": streams, "connections_opened": figures}
+
+
 def shape_rows(shapes: dict) -> list[str]:
     """The shapes' figures as a Markdown table."""
     rows = [
@@ -218,6 +245,17 @@ def shape_rows(shapes: dict) -> list[str]:
             f"| {row['floor_whole_stream_overhead_ms']} / {row['gateway_whole_stream_overhead_ms']} "
             f"| {row['ttfc_ratio']} |"
         )
+    return rows
+
+
+def reuse_rows(reuse: dict) -> list[str]:
+    rows = [
+        f"| upstream connections opened over {reuse['streams']} streams | floor | gateway |",
+        "| --- | --- | --- |",
+    ]
+    rows += [
+        f"| {path} | {row['floor']} | {row['gateway']} |" for path, row in reuse["connections_opened"].items()
+    ]
     return rows
 
 
@@ -238,6 +276,8 @@ def table(result: dict) -> str:
         "",
         f"Stream shapes: {result['shapes_method']['rounds']} rounds of {result['shapes_method']['per_round']} "
         "streams per target, request by request in turn; overheads are paired medians over rounds.",
+        "",
+        *reuse_rows(result["upstream_connections"]),
     ]
     return "\n".join(rows) + "\n"
 
@@ -254,12 +294,13 @@ def main() -> None:
     try:
         gateway = start_gateway(emulator.url, cpu=1, shaped_upstream=upstream.url)
         servers.append(gateway)
-        floors = {shape: start_floor(f"{upstream.url}/{shape}", cpu=1) for shape in STREAM_SHAPES}
+        floors = {path: start_floor(f"{upstream.url}/{path}", cpu=1) for path in UPSTREAM_PATHS}
         servers += floors.values()
         pin_self(0)
         result = asyncio.run(measure(emulator.url, gateway.url, quick=args.quick))
         result["shapes"] = asyncio.run(shape_figures(upstream, floors, gateway, **shapes_method))
         result["shapes_method"] = {"warmup": 20, "rounds": 12, "per_round": 25, **shapes_method}
+        result["upstream_connections"] = asyncio.run(connection_reuse(upstream, floors, gateway))
     finally:
         for server in servers:
             server.stop()
