@@ -18,10 +18,11 @@ test: $(VENV)/.installed  ## the whole test suite, then the offline checks of in
 	$(PY) -m pytest
 	bash scripts/check_infra.sh
 
-bench: $(VENV)/.installed  ## the benchmark: bench/results/benchmark.{json,md}, latency.png (about 8 minutes)
+# The results go to bench/results/latest/ (ignored); `make bench UPDATE=1` rewrites the committed ones.
+bench: $(VENV)/.installed  ## the benchmark: bench/results/latest/benchmark.{json,md}, latency.png (about 8 minutes)
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null || { echo "bench needs wrk: apt-get install wrk"; exit 1; }
 	$(PY) -m pip install --quiet -r bench/requirements.txt
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(if $(UPDATE),--update)
 
 clean:
 	rm -rf $(VENV) .venv-checkov .pytest_cache

@@ -20,9 +20,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.shaped_upstream import UPSTREAM_PATHS  # noqa: E402
 from shared.asgi import server_command  # noqa: E402
 
+#: The committed results, rewritten only when asked (`--update`, `make bench UPDATE=1`).
 RESULTS = ROOT / "bench" / "results"
+#: Where every other run writes (ignored by git).
+LATEST = RESULTS / "latest"
 PYTHON = sys.executable
 KEY = secrets.token_urlsafe(16)
 
@@ -119,8 +123,34 @@ def start_emulator(cpu: int | None = 0, stream_delay_s: float = 0.0) -> Server:
     return Server("emulator", command, port, "/_emulator/health", {"EMULATOR_KEY": KEY})
 
 
-def gateway_config(upstream: str) -> dict[str, Any]:
+def start_shaped_upstream(cpu: int | None = 0) -> Server:
+    """bench/shaped_upstream.py: streams whose shape on the wire is chosen by the path."""
+    port = free_port()
+    command = [*pin(cpu), PYTHON, "bench/shaped_upstream.py", "--port", str(port)]
+    return Server("shaped upstream", command, port, "/health", {"EMULATOR_KEY": KEY})
+
+
+def start_floor(upstream: str, cpu: int | None = 1) -> Server:
+    """bench/floor_proxy.py forwarding to `upstream` + /v1/chat/completions."""
+    port = free_port()
+    command = [*pin(cpu), PYTHON, "bench/floor_proxy.py", "--port", str(port), "--upstream", upstream]
+    return Server("floor", command, port, "/api/health", {"EMULATOR_KEY": KEY})
+
+
+def gateway_config(upstream: str, shaped_upstream: str | None = None) -> dict[str, Any]:
+    """The emulator's two endpoints, and one serverless endpoint per path of `shaped_upstream`
+    (named for the path) when given."""
     auth = {"type": "env", "variable": "EMULATOR_KEY"}
+    shaped = [
+        {
+            "name": shape,
+            "endpoint_url": f"{shaped_upstream}/{shape}/v1/chat/completions",
+            "endpoint_api_type": "serverless",
+            "auth": auth,
+            "max_concurrency": 4096,
+        }
+        for shape in (UPSTREAM_PATHS if shaped_upstream else ())
+    ]
     return {
         "default_model": "dedicated",
         "endpoints": [
@@ -142,11 +172,17 @@ def gateway_config(upstream: str) -> dict[str, Any]:
                 # The benchmark measures the gateway, not its overload guard.
                 "max_concurrency": 4096,
             },
+            *shaped,
         ],
     }
 
 
-def start_gateway(upstream: str, cpu: int | None = 1, extra_env: dict[str, str] | None = None) -> Server:
+def start_gateway(
+    upstream: str,
+    cpu: int | None = 1,
+    extra_env: dict[str, str] | None = None,
+    shaped_upstream: str | None = None,
+) -> Server:
     port = free_port()
     command = [
         *pin(cpu),
@@ -163,7 +199,7 @@ def start_gateway(upstream: str, cpu: int | None = 1, extra_env: dict[str, str] 
     ]
     env = {
         "EMULATOR_KEY": KEY,
-        "GATEWAY_CONFIG": json.dumps(gateway_config(upstream)),
+        "GATEWAY_CONFIG": json.dumps(gateway_config(upstream, shaped_upstream)),
         "GATEWAY_LOG_LEVEL": "WARNING",
         **(extra_env or {}),
     }
@@ -220,7 +256,15 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_results(name: str, result: dict[str, Any], table: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(table)
+def results_dir(update: bool) -> Path:
+    """The committed results' folder when updating them, else the ignored `latest/` one."""
+    folder = RESULTS if update else LATEST
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_results(name: str, result: dict[str, Any], table: str, *, update: bool) -> Path:
+    folder = results_dir(update)
+    (folder / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (folder / f"{name}.md").write_text(table)
+    return folder

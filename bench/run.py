@@ -1,18 +1,21 @@
 """The gateway's benchmark: what it adds to every call, measured against a bare proxy.
 
-    make bench            (or: .venv/bin/python bench/run.py [--quick])
+    make bench            (or: .venv/bin/python bench/run.py [--quick] [--update])
 
-Starts on 127.0.0.1: the emulator (core 0), the gateway's local server (one worker, core 1) and
-the floor — a bare aiohttp forwarding proxy (bench/floor_proxy.py, core 1) — and measures each
-against the emulator called directly, in the same run:
+Starts on 127.0.0.1: the emulator and a shaped upstream (bench/shaped_upstream.py, core 0), the
+gateway's local server (one worker, core 1) and the floor — a bare aiohttp forwarding proxy
+(bench/floor_proxy.py, core 1, one per upstream) — and measures each against its upstream called
+directly, in the same run:
 - sequential latency: interleaved rounds, warm-up excluded, p50/p90/p99 and the paired overhead;
 - throughput and latency from 1 to 256 connections (wrk on core 0), errors counted;
-- streaming: time to first chunk and per-chunk cost;
+- streaming: time to first chunk and per-chunk cost at the emulator's pace, and the first chunk
+  of a stream that arrives in one read and of one that drips an event per millisecond;
 - memory: RSS idle, peak under load, and with 1,000 open streams;
 - cold start: importing function_app (and what each dependency costs), and the time from
   starting the server to its first answered chat request;
 - Key Vault reads per 1,000 requests at concurrency 50 (bench/vault_reads.py).
-Writes bench/results/benchmark.{json,md} and latency.png.
+Writes benchmark.{json,md} and latency.png to bench/results/latest/ (ignored by git), or to
+bench/results/ with --update. bench/README.md explains the method and the figures.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ from bench import streaming, vault_reads  # noqa: E402
 from bench.common import (  # noqa: E402
     KEY,
     PYTHON,
-    RESULTS,
     ROOT,
     Server,
     free_port,
@@ -48,22 +50,20 @@ from bench.common import (  # noqa: E402
     paired_overhead,
     pin,
     pin_self,
+    results_dir,
     start_emulator,
+    start_floor,
     start_gateway,
+    start_shaped_upstream,
     summary,
 )
+from bench.shaped_upstream import STREAM_SHAPES  # noqa: E402
 from shared.asgi import server_command  # noqa: E402
 
 BODY = {"model": "serverless", "messages": [{"role": "user", "content": "Hello there, how are you today?"}]}
 CONCURRENCY = [1, 8, 32, 128, 256]
 #: The concurrencies the throughput targets are set at, measured again in alternating pairs.
 TARGET_CONCURRENCY = [32, 256]
-
-
-def start_floor(upstream: str, cpu: int = 1) -> Server:
-    port = free_port()
-    command = [*pin(cpu), PYTHON, "bench/floor_proxy.py", "--port", str(port), "--upstream", upstream]
-    return Server("floor", command, port, "/api/health", {"EMULATOR_KEY": KEY})
 
 
 def targets(emulator: Server, floor: Server, gateway: Server) -> dict[str, tuple[str, dict, dict]]:
@@ -342,6 +342,8 @@ def table(result: dict) -> str:
         f"| gateway, serverless relay | {stream['gateway_ttfc_overhead_ms']} | {stream['gateway_per_chunk_ms']} |",
         f"| gateway, dedicated emulation | {stream['dedicated_ttfc_overhead_ms']} | — |",
         "",
+        *streaming.shape_rows(stream["shapes"]),
+        "",
         "| memory (MB) | idle | peak at 256 connections | 1,000 open streams |",
         "| --- | --- | --- | --- |",
         f"| floor | {mem['floor']['idle']} | {mem['floor']['peak_load']} | — |",
@@ -359,7 +361,11 @@ def table(result: dict) -> str:
             f"{', '.join(str(r) for r in pair['ratios'])}; {pair['errors']} errors) | {pair['ratio']} | ≥ 0.8 |"
             for conns, pair in result["throughput_paired"].items()
         ),
-        f"| stream first-chunk overhead | {ratios['stream_ttfc_overhead']} | ≤ 1.3 |",
+        f"| stream first-chunk overhead, emulator's pace | {ratios['stream_ttfc_overhead']} | ≤ 1.3 |",
+        *(
+            f"| stream first-chunk overhead, {shape} | {ratios[f'stream_ttfc_overhead_{shape}']} | ≤ 1.3 |"
+            for shape in stream["shapes"]
+        ),
         f"| peak RSS under load | {ratios['peak_rss']} | ≤ 2 |",
         f"| cold import of function_app (s) | {result['cold_start']['imports']['function_app'] / 1000:.2f} | ≤ 1.5 |",
     ]
@@ -369,18 +375,31 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke check")
+    parser.add_argument(
+        "--update", action="store_true", help="rewrite the committed bench/results/ (else results/latest/)"
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench: needs wrk (apt-get install wrk)")
     seconds, rounds, pairs = (3, 4, 1) if args.quick else (8, 10, 5)
+    shape_sampling = {"warmup": 10, "rounds": 4, "per_round": 10} if args.quick else {}
 
-    emulator = start_emulator(cpu=0)
-    slow_emulator = start_emulator(cpu=0, stream_delay_s=0.5)
-    gateway = start_gateway(emulator.url, cpu=1)
-    floor = start_floor(emulator.url, cpu=1)
-    slow_gateway = start_gateway(slow_emulator.url, cpu=1)
-    servers = [emulator, slow_emulator, gateway, floor, slow_gateway]
+    servers: list[Server] = []
     try:
+        emulator = start_emulator(cpu=0)
+        servers.append(emulator)
+        slow_emulator = start_emulator(cpu=0, stream_delay_s=0.5)
+        servers.append(slow_emulator)
+        shaped = start_shaped_upstream(cpu=0)
+        servers.append(shaped)
+        gateway = start_gateway(emulator.url, cpu=1, shaped_upstream=shaped.url)
+        servers.append(gateway)
+        floor = start_floor(emulator.url, cpu=1)
+        servers.append(floor)
+        shape_floors = {shape: start_floor(f"{shaped.url}/{shape}", cpu=1) for shape in STREAM_SHAPES}
+        servers += shape_floors.values()
+        slow_gateway = start_gateway(slow_emulator.url, cpu=1)
+        servers.append(slow_gateway)
         pin_self(0)
         named = targets(emulator, floor, gateway)
         seq = asyncio.run(sequential(named, 30, rounds, 30))
@@ -399,6 +418,9 @@ def main() -> None:
             )
         paired = paired_throughput(named, server_of, seconds, pairs)
         stream = asyncio.run(stream_figures(emulator, floor, gateway))
+        stream["shapes"] = asyncio.run(
+            streaming.shape_figures(shaped, shape_floors, gateway, **shape_sampling)
+        )
         memory["gateway"]["open_streams_1000"] = asyncio.run(
             open_streams(slow_gateway.url, 1000, slow_gateway)
         )
@@ -430,13 +452,15 @@ def main() -> None:
         "stream_ttfc_overhead": round(
             stream["gateway_ttfc_overhead_ms"] / stream["floor_ttfc_overhead_ms"], 2
         ),
+        **{f"stream_ttfc_overhead_{shape}": row["ttfc_ratio"] for shape, row in stream["shapes"].items()},
         "peak_rss": round(memory["gateway"]["peak_load"] / memory["floor"]["peak_load"], 2),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "benchmark.md").write_text(table(result))
-    chart(throughput, RESULTS / "latency.png")
+    folder = results_dir(args.update)
+    (folder / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
+    (folder / "benchmark.md").write_text(table(result))
+    chart(throughput, folder / "latency.png")
     print(table(result))
+    print(f"written to {folder.relative_to(ROOT)}/")
 
 
 async def stream_figures(emulator: Server, floor: Server, gateway: Server) -> dict:
@@ -468,25 +492,11 @@ async def stream_figures(emulator: Server, floor: Server, gateway: Server) -> di
             {},
         ),
     }
-    ttfc: dict[str, list[list[float]]] = {n: [] for n in named}
-    whole: dict[str, list[list[float]]] = {n: [] for n in named}
-    events = 0
     async with aiohttp.ClientSession() as session:
-        for url, body, headers in named.values():
-            for _ in range(20):
-                await streaming.timed_stream(session, url, body, headers)
-        # Request by request in turn, so that a slow spell of the machine hits every target alike.
-        order = list(named.items())
-        for round_index in range(12):
-            turn = order[round_index % len(order) :] + order[: round_index % len(order)]
-            batch: dict[str, list[tuple[float, float, int]]] = {name: [] for name in named}
-            for _ in range(25):
-                for name, (url, body, headers) in turn:
-                    batch[name].append(await streaming.timed_stream(session, url, body, headers))
-            for name, samples in batch.items():
-                ttfc[name].append([s[0] for s in samples])
-                whole[name].append([s[1] for s in samples])
-            events = batch["gateway"][-1][2]
+        ttfc, whole, events_of = await streaming.sample_streams(
+            session, named, warmup=20, rounds=12, per_round=25
+        )
+    events = events_of["gateway"]
     figures = {"events_per_stream": events}
     for name in ("floor", "gateway"):
         first = paired_overhead(ttfc["direct"], ttfc[name])

@@ -1,14 +1,16 @@
 """Key Vault reads per 1,000 requests at concurrency 50, and what the secret cache costs.
 
-    .venv/bin/python bench/vault_reads.py
+    .venv/bin/python bench/vault_reads.py [--update]
 
 Everything runs on 127.0.0.1 in one process: a managed-identity endpoint and an HTTPS Key Vault
 (the test fakes, driven by the real azure-identity and azure-keyvault-secrets), the emulator,
-and the gateway under uvicorn. Writes bench/results/vault_reads.{json,md}.
+and the gateway under uvicorn. Writes vault_reads.{json,md} to bench/results/latest/ (ignored by
+git), or to bench/results/ with --update.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -153,9 +155,12 @@ def markdown(result: dict) -> str:
 
 
 if __name__ == "__main__":
+    from bench.common import write_results
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--update", action="store_true", help="rewrite the committed bench/results/")
+    args = parser.parse_args()
     result = asyncio.run(main())
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "vault_reads.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "vault_reads.md").write_text(markdown(result))
+    folder = write_results("vault_reads", result, markdown(result), update=args.update)
     print(markdown(result))
+    print(f"written to {folder.relative_to(ROOT)}/vault_reads.{{json,md}}")
