@@ -271,8 +271,26 @@ async def _relayed(
 
 async def _event_batches(upstream: Answer, wait_s: Callable[[], float]) -> AsyncIterator[list[str] | None]:
     """The data of the events completed by each read (the last one included if it lacks its
-    blank line), and None for each wait of `wait_s()` seconds that read nothing."""
+    blank line), and None for each wait of `wait_s()` seconds that read nothing. The first
+    read's first event comes alone, so that it reaches the caller before the rest is parsed
+    (an endpoint may send its whole answer in one read)."""
     decoder = SSEDecoder()
+    first = True
     async for raw in upstream.chunks(wait_s):
-        yield decoder.feed(raw) if raw else None
+        if not raw:
+            yield None
+            continue
+        if first:
+            first = False
+            cut = _end_of_first_event(raw)
+            if 0 < cut < len(raw):
+                yield decoder.feed(raw[:cut])
+                raw = raw[cut:]
+        yield decoder.feed(raw)
     yield decoder.close()
+
+
+def _end_of_first_event(raw: bytes) -> int:
+    """Where the blank line that ends the first event of `raw` ends, or -1."""
+    ends = [i + len(blank) for blank in (b"\n\n", b"\r\n\r\n") if (i := raw.find(blank)) >= 0]
+    return min(ends, default=-1)
