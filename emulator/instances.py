@@ -337,6 +337,15 @@ def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
             merged[key] = [{"allOf": [first, second]} for first in merged[key] for second in value]
         else:
             merged[key] = value
+    # An object closed by one side (additionalProperties false) may have only that side's
+    # properties, whatever the other side declares.
+    for side in (base, extra):
+        declared = side.get("properties", {})
+        if side.get("additionalProperties") is False and isinstance(declared, Mapping):
+            properties = merged.get("properties", {})
+            if isinstance(properties, Mapping):
+                merged["properties"] = {name: properties[name] for name in properties if name in declared}
+            merged["additionalProperties"] = False
     return merged
 
 
