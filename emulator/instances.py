@@ -145,6 +145,8 @@ class _Builder:
                 branches = flat.pop("allOf")
                 if not isinstance(branches, list):
                     raise SchemaError("'allOf' must be a list of schemas")
+                if len(branches) > MAX_UNION_BRANCHES:
+                    raise _TooLarge(f"an 'allOf' of more than {MAX_UNION_BRANCHES} schemas")
                 for branch in branches:
                     flat = _merged(flat, self._flattened(branch, depth + 1))
             else:
@@ -176,6 +178,8 @@ class _Builder:
         branches = schema[union]
         if not isinstance(branches, list) or not branches:
             raise SchemaError(f"'{union}' must be a non-empty list of schemas")
+        if len(branches) > MAX_UNION_BRANCHES:
+            raise _TooLarge(f"an '{union}' of more than {MAX_UNION_BRANCHES} schemas")
         rest = {key: value for key, value in schema.items() if key != union}
         ordered = list(branches)
         if depth >= RICH_DEPTH:  # deep down, end recursive unions (a node or null) with null
@@ -189,7 +193,7 @@ class _Builder:
                 raise
             except SchemaError as exc:
                 problems.append(str(exc))
-        raise SchemaError(f"no branch of '{union}' has an instance ({'; '.join(problems)})")
+        raise SchemaError(f"no branch of '{union}' has an instance ({'; '.join(problems[:3])})")
 
     def _object(self, schema: dict[str, Any], *, depth: int, variant: int) -> dict[str, Any]:
         properties = schema.get("properties", {})

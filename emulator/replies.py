@@ -146,6 +146,8 @@ def schema_in(messages: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     decoder = json.JSONDecoder()
     attempts = 0
     for message in reversed(messages):
+        if attempts >= MAX_SCHEMA_SCAN_ATTEMPTS:
+            break
         text = message_text(message)[-MAX_SCHEMA_SCAN_CHARS:]
         found = None
         position = text.find("{")
