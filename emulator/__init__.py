@@ -4,7 +4,9 @@ Both protocols the gateway talks to are served: *dedicated* managed online endpo
 (``POST .../score``) and *serverless* OpenAI-compatible ones (``POST .../v1/chat/completions``,
 optionally streamed; also at Azure AI Foundry's ``POST .../models/chat/completions``).
 Answers are deterministic echoes (see :func:`reply_text`), or, when a serverless request
-offers ``tools``, a deterministic call of one of them (see :class:`ToolCall`);
+offers ``tools``, a deterministic call of one of them with arguments valid against its
+parameters' JSON Schema (see :class:`ToolCall`); serverless requests may also ask for JSON
+content (``response_format``), ``n`` choices and ``logprobs`` (docs/emulator.md).
 :class:`Fault` scripts errors, latency, hangs, malformed bodies and broken streams.
 
 In-process::

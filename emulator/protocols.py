@@ -13,8 +13,12 @@ Both are parsed into one :class:`ChatCall`; the answer is rendered back from a
 :class:`~emulator.replies.Reply`. Parsing raises :class:`BadRequest` with a message that
 names the offending field; the server turns it into the protocol's 400 body.
 
-Only serverless knows ``tools``: with a non-empty list (and ``tool_choice`` not ``"none"``)
-the answer calls one of them (see :meth:`~emulator.replies.Reply.to`).
+Only serverless knows ``tools``, ``tool_choice``, ``response_format``, ``n``, ``logprobs``
+and ``top_logprobs``. With tools (and ``tool_choice`` not ``"none"``) the answer calls the
+first one, or the one ``tool_choice`` names, with arguments valid against its parameters
+(see :meth:`~emulator.replies.Reply.to`); ``response_format`` makes text answers JSON;
+``n`` repeats the choice ``n`` times (index 0 to n-1); ``logprobs`` adds a
+:mod:`~emulator.logprobs` object to each choice (and each streamed content chunk).
 """
 
 from __future__ import annotations
@@ -24,13 +28,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .replies import Reply, ToolCall, words
+from .instances import SchemaError
+from .logprobs import choice_logprobs
+from .replies import JsonFormat, Reply, Tool, ToolCall, pieces
 
 DedicatedShape = Literal["output", "list", "choices"]
 DEDICATED_SHAPES: tuple[str, ...] = ("output", "list", "choices")
 DEFAULT_MODEL = "emulator-model"
 DONE_EVENT = b"data: [DONE]\n\n"
 TOOL_CHOICE_MODES = ("none", "auto", "required")
+RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
+MAX_CHOICES = 128  # OpenAI's limit on n
+MAX_TOP_LOGPROBS = 20
 # Streamed tool-call arguments arrive in pieces of at most this many characters.
 ARGUMENTS_PIECE_CHARS = 8
 
@@ -48,10 +57,24 @@ class ChatCall:
     stream: bool = False
     include_usage: bool = False
     model: str = DEFAULT_MODEL
-    tool: str | None = None  # the function a tool-call answer calls; None: answer text
+    tool: Tool | None = None  # the function a tool-call answer calls; None: answer text
+    tool_forced: bool = False  # tool_choice "required" or a named function
+    json_format: JsonFormat | None = None
+    choices: int = 1
+    top_logprobs: int | None = None  # None: no logprobs
 
     def reply(self) -> Reply:
-        return Reply.to(self.messages, max_words=self.max_words, tool=self.tool)
+        """The answer; :class:`BadRequest` when a schema it must follow has no instance."""
+        try:
+            return Reply.to(
+                self.messages,
+                max_words=self.max_words,
+                tool=self.tool,
+                tool_forced=self.tool_forced,
+                json_format=self.json_format,
+            )
+        except SchemaError as exc:
+            raise BadRequest(str(exc)) from exc
 
 
 # --- parsing -------------------------------------------------------------------------
@@ -84,7 +107,12 @@ def parse_serverless(body: Any) -> ChatCall:
     )
     model = _optional(body, "model", str, "a string", default=DEFAULT_MODEL)
     max_words = _smallest_limit(body, ("max_tokens", "max_completion_tokens"), "")
-    tool = _chosen_tool(_tool_names(body.get("tools")), body.get("tool_choice"))
+    tool, tool_forced = _chosen_tool(_tools(body.get("tools")), body.get("tool_choice"))
+    choices = _integer(body, "n", 1, MAX_CHOICES, default=1)
+    logprobs = _optional(body, "logprobs", bool, "a boolean", default=False)
+    top_logprobs = _integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, default=None)
+    if top_logprobs is not None and not logprobs:
+        raise BadRequest("'top_logprobs' requires 'logprobs' to be true")
     return ChatCall(
         messages=messages,
         max_words=max_words,
@@ -92,6 +120,10 @@ def parse_serverless(body: Any) -> ChatCall:
         include_usage=include_usage,
         model=model,
         tool=tool,
+        tool_forced=tool_forced,
+        json_format=_json_format(body.get("response_format")),
+        choices=choices,
+        top_logprobs=(top_logprobs or 0) if logprobs else None,
     )
 
 
@@ -118,13 +150,13 @@ def _parse_messages(value: Any, what: str) -> list[dict[str, Any]]:
     return value
 
 
-def _tool_names(value: Any) -> list[str]:
-    """The function names of a ``tools`` list, in order (none when ``tools`` is absent)."""
+def _tools(value: Any) -> list[Tool]:
+    """The function tools of a ``tools`` list, in order (none when ``tools`` is absent)."""
     if value is None:
         return []
     if not isinstance(value, list):
         raise BadRequest("'tools' must be a list of tools")
-    names = []
+    tools = []
     for index, tool in enumerate(value):
         if not isinstance(tool, Mapping):
             raise BadRequest(f"'tools'[{index}] must be an object")
@@ -134,19 +166,30 @@ def _tool_names(value: Any) -> list[str]:
         name = function.get("name")
         if not isinstance(name, str):
             raise BadRequest(f"'tools'[{index}].function.name must be a string")
-        names.append(name)
-    return names
+        parameters = function.get("parameters")
+        if parameters is None:
+            tools.append(Tool(name))
+            continue
+        if not isinstance(parameters, Mapping):
+            raise BadRequest(f"'tools'[{index}].function.parameters must be a JSON Schema object")
+        tools.append(Tool(name, parameters))
+    return tools
 
 
-def _chosen_tool(names: list[str], choice: Any) -> str | None:
-    """The function an answer calls: the one ``choice`` names, else the first of ``names``;
-    None (a text answer) when there are no tools or ``choice`` is ``"none"``.
+def _chosen_tool(tools: list[Tool], choice: Any) -> tuple[Tool | None, bool]:
+    """The function an answer calls, and whether it must be called (even after a tool
+    result): the one ``choice`` names, else the first of ``tools``; None (a text answer)
+    when there are no tools or ``choice`` is ``"none"``.
 
     ``choice`` is null, one of ``"none"``, ``"auto"``, ``"required"``, or
-    ``{"type": "function", "function": {"name": <one of names>}}``.
+    ``{"type": "function", "function": {"name": <one of the tools>}}``.
     """
+    names = [tool.name for tool in tools]
     if choice is None or choice in TOOL_CHOICE_MODES:
-        return names[0] if names and choice != "none" else None
+        if choice == "required" and not tools:
+            raise BadRequest("'tool_choice' is \"required\" but there are no 'tools' to call")
+        first = tools[0] if tools and choice != "none" else None
+        return first, choice == "required"
     if not isinstance(choice, Mapping):
         modes = ", ".join(f'"{mode}"' for mode in TOOL_CHOICE_MODES)
         raise BadRequest(f"'tool_choice' must be one of {modes} or a function object")
@@ -161,7 +204,41 @@ def _chosen_tool(names: list[str], choice: Any) -> str | None:
             f"'tool_choice' names the function {name!r}, which is not among 'tools'"
             f" ({', '.join(names) or 'none given'})"
         )
-    return name
+    return tools[names.index(name)], True
+
+
+def _json_format(value: Any) -> JsonFormat | None:
+    """What ``response_format`` asks for: JSON (an object, or an instance of a schema) or,
+    None, text."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise BadRequest("'response_format' must be an object")
+    kind = value.get("type")
+    if kind not in RESPONSE_FORMAT_TYPES:
+        kinds = ", ".join(f'"{kind}"' for kind in RESPONSE_FORMAT_TYPES)
+        raise BadRequest(f"'response_format.type' must be one of {kinds}")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return JsonFormat()
+    spec = value.get("json_schema")
+    if not isinstance(spec, Mapping):
+        raise BadRequest("'response_format.json_schema' must be an object")
+    schema = spec.get("schema")
+    if schema is not None and not isinstance(schema, (Mapping, bool)):
+        raise BadRequest("'response_format.json_schema.schema' must be a JSON Schema object")
+    return JsonFormat(schema)
+
+
+def _integer(container: Mapping[str, Any], name: str, least: int, most: int, *, default: int | None) -> Any:
+    """``container[name]``, an integer from ``least`` to ``most``; ``default`` when absent or null."""
+    value = container.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise BadRequest(f"'{name}' must be an integer from {least} to {most}")
+    return value
 
 
 def _optional(
@@ -200,26 +277,34 @@ def _smallest_limit(container: Mapping[str, Any], names: tuple[str, ...], where:
 # --- answers -------------------------------------------------------------------------
 
 
-def chat_completion(reply: Reply, *, completion_id: str, created: int, model: str) -> dict[str, Any]:
-    """An OpenAI-style ``chat.completion`` body; a tool-call reply's message has
-    ``"content": null`` and one ``tool_calls`` entry."""
+def chat_completion(
+    reply: Reply,
+    *,
+    completion_id: str,
+    created: int,
+    model: str,
+    choices: int = 1,
+    top_logprobs: int | None = None,
+) -> dict[str, Any]:
+    """An OpenAI-style ``chat.completion`` body with ``choices`` copies of ``reply``; a
+    tool-call reply's message has ``"content": null`` and one ``tool_calls`` entry. With
+    ``top_logprobs`` (not None), each choice has a ``logprobs`` object of its content."""
     message: dict[str, Any] = {"role": "assistant", "content": reply.text}
     if reply.tool_call is not None:
         message = {"role": "assistant", "content": None, "tool_calls": [reply.tool_call.to_json()]}
+    logprobs = None
+    if top_logprobs is not None:
+        logprobs = choice_logprobs(pieces(reply.text), top_logprobs)
     return {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
         "model": model,
         "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "finish_reason": reply.finish_reason,
-                "logprobs": None,
-            }
+            {"index": index, "message": message, "finish_reason": reply.finish_reason, "logprobs": logprobs}
+            for index in range(choices)
         ],
-        "usage": _usage(reply),
+        "usage": _usage(reply, choices),
     }
 
 
@@ -235,7 +320,14 @@ def dedicated_answer(
 
 
 def stream_events(
-    reply: Reply, *, completion_id: str, created: int, model: str, include_usage: bool
+    reply: Reply,
+    *,
+    completion_id: str,
+    created: int,
+    model: str,
+    include_usage: bool,
+    choices: int = 1,
+    top_logprobs: int | None = None,
 ) -> list[bytes]:
     """The SSE events of a streamed ``chat.completion.chunk`` answer, without ``[DONE]``.
 
@@ -247,6 +339,11 @@ def stream_events(
     opens tool call 0 (its ``id``, ``type``, ``name`` and ``"arguments": ""``), one chunk per
     piece of the arguments (at most 8 characters each, joining to exactly ``arguments``), a
     finish chunk (``"tool_calls"``), and the usage chunk if asked.
+
+    With ``choices`` > 1, each chunk carries one choice, and the choices take turns: the
+    role chunks of choices 0 to n-1, then their first pieces, and so on. With
+    ``top_logprobs`` (not None), every chunk but the finish chunk carries a ``logprobs``
+    object of the tokens in its delta (an empty list when it has none).
     """
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
@@ -260,27 +357,33 @@ def stream_events(
         }
         return b"data: " + json.dumps(data).encode() + b"\n\n"
 
-    def choice(delta: dict[str, Any], finish_reason: str | None = None) -> list[dict[str, Any]]:
-        return [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+    def turns(index: int) -> list[bytes]:
+        def choice(delta: dict[str, Any], logprobs: Any = None, finish_reason: str | None = None) -> bytes:
+            return chunk(
+                [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}]
+            )
 
-    if reply.tool_call is None:
-        events = [chunk(choice({"role": "assistant", "content": ""}))]
-        events += [chunk(choice({"content": piece})) for piece in _word_pieces(reply.text)]
-    else:
-        events = [chunk(choice({"role": "assistant", "content": None}))]
-        deltas = _tool_call_deltas(reply.tool_call)
-        events += [chunk(choice({"tool_calls": [delta]})) for delta in deltas]
-    events.append(chunk(choice({}, reply.finish_reason)))
+        def logprobs_of(tokens: list[str], start: int = 0) -> Any:
+            return None if top_logprobs is None else choice_logprobs(tokens, top_logprobs, start=start)
+
+        if reply.tool_call is None:
+            events = [choice({"role": "assistant", "content": ""}, logprobs_of([]))]
+            events += [
+                choice({"content": piece}, logprobs_of([piece], position))
+                for position, piece in enumerate(pieces(reply.text))
+            ]
+        else:
+            events = [choice({"role": "assistant", "content": None}, logprobs_of([]))]
+            deltas = _tool_call_deltas(reply.tool_call)
+            events += [choice({"tool_calls": [delta]}, logprobs_of([])) for delta in deltas]
+        events.append(choice({}, finish_reason=reply.finish_reason))
+        return events
+
+    per_choice = [turns(index) for index in range(choices)]
+    events = [event for turn in zip(*per_choice, strict=True) for event in turn]
     if include_usage:
-        events.append(chunk([], usage=_usage(reply)))
+        events.append(chunk([], usage=_usage(reply, choices)))
     return events
-
-
-def _word_pieces(text: str) -> list[str]:
-    pieces = [word + " " for word in words(text)]
-    if pieces:
-        pieces[-1] = pieces[-1][:-1]
-    return [piece for piece in pieces if piece]
 
 
 def _tool_call_deltas(call: ToolCall) -> list[dict[str, Any]]:
@@ -292,16 +395,18 @@ def _tool_call_deltas(call: ToolCall) -> list[dict[str, Any]]:
         "function": {"name": call.name, "arguments": ""},
     }
     arguments = call.arguments
-    pieces = [
+    parts = [
         arguments[start : start + ARGUMENTS_PIECE_CHARS]
         for start in range(0, len(arguments), ARGUMENTS_PIECE_CHARS)
     ]
-    return [opening, *({"index": 0, "function": {"arguments": piece}} for piece in pieces)]
+    return [opening, *({"index": 0, "function": {"arguments": part}} for part in parts)]
 
 
-def _usage(reply: Reply) -> dict[str, int]:
+def _usage(reply: Reply, choices: int = 1) -> dict[str, int]:
+    """Usage of ``choices`` copies of ``reply``: the prompt once, the completion each time."""
+    completion_tokens = reply.completion_tokens * choices
     return {
         "prompt_tokens": reply.prompt_tokens,
-        "completion_tokens": reply.completion_tokens,
-        "total_tokens": reply.total_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": reply.prompt_tokens + completion_tokens,
     }

@@ -1,9 +1,12 @@
 """The emulator's deterministic answer: an echo of the last user message (or tool result),
-or a call of a tool with that text as its only argument.
+a call of a tool with arguments valid against its parameters' schema, or JSON content for a
+``response_format`` that asks for it.
 
 Nothing here pretends to be a model. The reply is a pure function of the messages (and of
-the tool asked for), and "tokens" are words (the text split on single spaces), so tests can
-predict every answer, every truncation, every tool call id and every usage count exactly.
+the tool or format asked for), and "tokens" are words (the text split on single spaces), so
+tests can predict every answer, every truncation, every tool call id and every usage count.
+Wherever a schema asks for a free-form string, the string is the last user message's text
+(see :func:`~emulator.instances.instance_of`).
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from .instances import SchemaError, instance_of
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -22,6 +27,14 @@ TOOL_RESULT_PREFIX = "Tool said: "
 NON_TEXT_PART = "[image]"
 TOOL_CALL_ID_PREFIX = "call_"
 TOOL_CALL_ID_HEX_CHARS = 24
+#: The parameters of a function that declares none (OpenAI: "an empty parameter list").
+NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+#: The parameters of a function taking one optional string, ``text``.
+TEXT_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {"text": {"type": "string"}}}
+# A JSON-mode answer looks for a schema in the conversation (format instructions); bounded,
+# since the conversation is the caller's.
+MAX_SCHEMA_SCAN_CHARS = 200_000
+MAX_SCHEMA_SCAN_ATTEMPTS = 500
 
 
 def message_text(message: Mapping[str, Any]) -> str:
@@ -77,6 +90,93 @@ def words(text: str) -> list[str]:
     return text.split(" ") if text else []
 
 
+def pieces(text: str) -> list[str]:
+    """The tokens an answer's ``text`` streams as: its words, each keeping the space that
+    follows it, so that they join to exactly ``text``."""
+    split = [word + " " for word in words(text)]
+    if split:
+        split[-1] = split[-1][:-1]
+    return [piece for piece in split if piece]
+
+
+def compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the caller offers: its name and its parameters' JSON Schema."""
+
+    name: str
+    parameters: Any = field(default_factory=lambda: NO_PARAMETERS)
+
+
+@dataclass(frozen=True)
+class JsonFormat:
+    """A ``response_format`` asking for JSON content: an instance of ``schema``
+    (``json_schema``), or, with ``schema`` None (``json_object``), a JSON object."""
+
+    schema: Any = None
+
+    def content(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        """The JSON text answering ``messages``.
+
+        Without a schema: an instance of the last JSON Schema written in the conversation
+        (format instructions, as LangChain's output parsers write them), else
+        ``{"text": <the text reply>}``.
+        """
+        text = last_user_text(messages) or ""
+        if self.schema is not None:
+            try:
+                return compact_json(instance_of(self.schema, text=text))
+            except SchemaError as exc:
+                raise SchemaError(f"'response_format.json_schema.schema': {exc}") from exc
+        instructed = schema_in(messages)
+        if instructed is not None:
+            try:
+                return compact_json(instance_of(instructed, text=text))
+            except SchemaError:
+                pass  # not a schema after all, or not one the emulator can answer
+        return compact_json({"text": reply_text(messages)})
+
+
+def schema_in(messages: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The last JSON object in the conversation that looks like an object's JSON Schema (has
+    ``properties`` whose values are schemas), searching the latest message first."""
+    decoder = json.JSONDecoder()
+    attempts = 0
+    for message in reversed(messages):
+        if attempts >= MAX_SCHEMA_SCAN_ATTEMPTS:
+            break
+        text = message_text(message)[-MAX_SCHEMA_SCAN_CHARS:]
+        found = None
+        position = text.find("{")
+        while position != -1 and attempts < MAX_SCHEMA_SCAN_ATTEMPTS:
+            attempts += 1
+            try:
+                value, end = decoder.raw_decode(text, position)
+            except (ValueError, RecursionError):
+                position = text.find("{", position + 1)
+                continue
+            if _looks_like_schema(value):
+                found = value
+            position = text.find("{", end)
+        if found is not None:
+            return found
+    return None
+
+
+def _looks_like_schema(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    properties = value.get("properties")
+    return (
+        isinstance(properties, dict)
+        and bool(properties)
+        and all(isinstance(schema, (dict, bool)) for schema in properties.values())
+    )
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """One call of a function tool, as an assistant message's ``tool_calls`` entry."""
@@ -86,15 +186,24 @@ class ToolCall:
     arguments: str
 
     @classmethod
-    def to(cls, name: str, messages: Sequence[Mapping[str, Any]]) -> ToolCall:
-        """The call of ``name`` that answers ``messages``.
+    def to(
+        cls, name: str, messages: Sequence[Mapping[str, Any]], parameters: Any = TEXT_PARAMETERS
+    ) -> ToolCall:
+        """The call of ``name``, a function taking ``parameters`` (a JSON Schema), that
+        answers ``messages``.
 
-        ``arguments`` is the compact JSON ``{"text":<last user text>}`` (the empty string
-        when no message has the role ``user``); ``id`` is ``"call_"`` + the first 24 hex
-        digits of the SHA-256 of ``arguments``, so equal arguments give equal ids.
+        ``arguments`` is the compact JSON of :func:`~emulator.instances.instance_of` the
+        parameters, whose strings are the last user text (the empty string when no message
+        has the role ``user``): ``{"text":<last user text>}`` for the default parameters.
+        ``id`` is ``"call_"`` + the first 24 hex digits of the SHA-256 of ``arguments``, so
+        equal arguments give equal ids. :class:`SchemaError` when the parameters have no
+        instance the emulator can make.
         """
         text = last_user_text(messages) or ""
-        arguments = json.dumps({"text": text}, separators=(",", ":"))
+        try:
+            arguments = compact_json(instance_of(parameters, text=text))
+        except SchemaError as exc:
+            raise SchemaError(f"the parameters of function {name!r}: {exc}") from exc
         digest = hashlib.sha256(arguments.encode()).hexdigest()[:TOOL_CALL_ID_HEX_CHARS]
         return cls(id=TOOL_CALL_ID_PREFIX + digest, name=name, arguments=arguments)
 
@@ -112,7 +221,7 @@ class Reply:
     """One answer, ready to be rendered in any protocol's shape.
 
     A tool-call answer has ``tool_call`` set, an empty ``text`` and the finish reason
-    ``"tool_calls"``.
+    ``"tool_calls"``. A JSON answer (``response_format``) has the JSON in ``text``.
     """
 
     text: str
@@ -131,27 +240,41 @@ class Reply:
         messages: Sequence[Mapping[str, Any]],
         *,
         max_words: int | None = None,
-        tool: str | None = None,
+        tool: Tool | None = None,
+        tool_forced: bool = False,
+        json_format: JsonFormat | None = None,
     ) -> Reply:
         """The reply to ``messages``, cut to ``max_words`` words if it is longer.
 
         A cut reply finishes with ``"length"``, any other with ``"stop"``. Prompt tokens are
         the words of every message's text; completion tokens the words of the final text.
 
-        With ``tool`` (a function name), the reply is instead a call of that function (see
+        With ``tool``, the reply is instead a call of that function (see
         :meth:`ToolCall.to`), finishing with ``"tool_calls"``, whose completion tokens are
         the words of its ``arguments`` (at least 1) and which ``max_words`` does not cut —
-        unless the last message is a tool result, which is always answered with text.
+        unless the last message is a tool result and the call is not ``tool_forced``
+        (``tool_choice`` "required" or a named function): that is answered with text.
+
+        With ``json_format``, the text is its JSON content (see :meth:`JsonFormat.content`),
+        which ``max_words`` does not cut either.
         """
         prompt_tokens = sum(len(words(message_text(m))) for m in messages)
-        if tool is not None and not ends_with_tool_result(messages):
-            call = ToolCall.to(tool, messages)
+        if tool is not None and (tool_forced or not ends_with_tool_result(messages)):
+            call = ToolCall.to(tool.name, messages, tool.parameters)
             return cls(
                 text="",
                 finish_reason="tool_calls",
                 prompt_tokens=prompt_tokens,
                 completion_tokens=max(1, len(words(call.arguments))),
                 tool_call=call,
+            )
+        if json_format is not None:
+            content = json_format.content(messages)
+            return cls(
+                text=content,
+                finish_reason="stop",
+                prompt_tokens=prompt_tokens,
+                completion_tokens=max(1, len(words(content))),
             )
         reply_words = words(reply_text(messages))
         finish_reason: FinishReason = "stop"

@@ -228,13 +228,20 @@ class Emulator:
     ) -> web.StreamResponse:
         try:
             call = parse_serverless(body)
+            reply = call.reply()
         except BadRequest as exc:
             return _error(400, "Bad Request", str(exc), status_field=True)
-        reply = call.reply()
         completion_id, created = _completion_id(), _now()
         if not call.stream:
             return web.json_response(
-                chat_completion(reply, completion_id=completion_id, created=created, model=call.model)
+                chat_completion(
+                    reply,
+                    completion_id=completion_id,
+                    created=created,
+                    model=call.model,
+                    choices=call.choices,
+                    top_logprobs=call.top_logprobs,
+                )
             )
         events = stream_events(
             reply,
@@ -242,6 +249,8 @@ class Emulator:
             created=created,
             model=call.model,
             include_usage=call.include_usage,
+            choices=call.choices,
+            top_logprobs=call.top_logprobs,
         )
         break_after = fault.break_stream_after if fault is not None else None
         return await self._stream(request, events, break_after=break_after)
@@ -310,9 +319,14 @@ def _redacted(values: Mapping[str, str]) -> dict[str, str]:
 
 def _json_or_none(raw_body: bytes) -> Any:
     try:
-        return json.loads(raw_body)
-    except ValueError:  # covers JSONDecodeError and UnicodeDecodeError
+        return json.loads(raw_body, parse_constant=_not_json)
+    except (ValueError, RecursionError):  # ValueError covers JSONDecodeError and UnicodeDecodeError
         return None
+
+
+def _not_json(constant: str) -> Any:
+    # Python's json reads NaN and Infinity, which JSON has not: such a body is not JSON.
+    raise ValueError(f"{constant} is not JSON")
 
 
 async def _apply_fault(request: web.Request, fault: Fault) -> web.StreamResponse | None:
