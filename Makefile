@@ -2,17 +2,29 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# `make dev GATEWAY_PORT=8081 EMULATOR_PORT=8082` when 7071 or 7072 is taken.
+GATEWAY_PORT ?= 7071
+EMULATOR_PORT ?= 7072
 
 .PHONY: dev test bench clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# Two stamps, so `make dev` installs only what the gateway and the emulator run on
+# (requirements.txt) and `make test` adds the test stack (requirements-dev.txt) on top;
+# either order works and neither installs twice.
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+
+$(VENV)/.installed-runtime: requirements.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-dev: $(VENV)/.installed  ## the gateway on http://127.0.0.1:7071 with the emulator as its upstream
-	$(PY) scripts/dev.py
+$(VENV)/.installed: requirements.txt requirements-dev.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@ $(VENV)/.installed-runtime
+
+dev: $(VENV)/.installed-runtime  ## the gateway on http://127.0.0.1:$(GATEWAY_PORT) with the emulator as its upstream
+	GATEWAY_PORT=$(GATEWAY_PORT) EMULATOR_PORT=$(EMULATOR_PORT) $(PY) scripts/dev.py
 
 test: $(VENV)/.installed  ## the whole test suite, then the offline checks of infra/
 	$(PY) -m pytest

@@ -40,6 +40,13 @@ def test_smoke_test_passes_against_a_working_gateway(gateway: str, model: str) -
     assert "not-a-real-key-7f3c" not in output
 
 
+def test_smoke_test_of_the_local_server_needs_no_key_with_no_auth_check(gateway: str) -> None:
+    """As docs/operations.md runs it against `make dev`."""
+    status, output = _run("--base-url", gateway, "--no-auth-check")
+    assert status == 0, output
+    assert "ok   GET /v1/models: llama-chat, mistral-large" in output and "smoke test passed" in output
+
+
 def test_smoke_test_fails_on_an_unknown_model(gateway: str) -> None:
     status, output = _run("--base-url", gateway, "--function-key", "k", "--model", "nope", "--no-auth-check")
     assert status == 1 and "model 'nope' is not configured" in output
