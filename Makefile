@@ -26,7 +26,9 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | $(PY)
 dev: $(VENV)/.installed-runtime  ## the gateway on http://127.0.0.1:$(GATEWAY_PORT) with the emulator as its upstream
 	GATEWAY_PORT=$(GATEWAY_PORT) EMULATOR_PORT=$(EMULATOR_PORT) $(PY) scripts/dev.py
 
-test: $(VENV)/.installed  ## the whole test suite, then the offline checks of infra/
+test: $(VENV)/.installed  ## types and lint, the whole test suite, then the offline checks of infra/
+	$(PY) -m mypy
+	$(PY) -m ruff check --quiet .
 	$(PY) -m pytest
 	bash scripts/check_infra.sh
 

@@ -86,10 +86,12 @@ def build_app(api: GatewayApi) -> ASGIApp:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         # The API routes are looked up in a dict and answered directly: their handlers catch
-        # every error themselves, so Starlette's router and exception middlewares, which cost
-        # more than a tenth of a request's CPU here (bench/), have nothing to do for them.
+        # every error themselves, so Starlette's router and exception middlewares (a measurable
+        # share of a request's CPU: bench/README.md) have nothing to do for them.
         # Everything else (lifespan, the page, 404 and 405) goes through Starlette.
-        handler = api_routes.get((scope.get("method"), scope["path"])) if scope["type"] == "http" else None
+        handler = (
+            api_routes.get((scope.get("method", ""), scope["path"])) if scope["type"] == "http" else None
+        )
         if handler is None:
             await starlette(scope, receive, send)
             return

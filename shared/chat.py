@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import from_json
+from pydantic_core import ErrorDetails, from_json
 
 from .errors import InvalidRequestError
 from .formatters import ChatResult
@@ -142,7 +142,7 @@ def _param(loc: tuple[Any, ...]) -> str:
     return text
 
 
-def _message(error: dict[str, Any]) -> str:
+def _message(error: ErrorDetails) -> str:
     if error["type"] == "missing":
         return "is required"
     if error["type"] == "too_short" and error["loc"] == ("messages",):

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from .api_type import ApiType
 from .credentials import PROVIDERS, Auth, CredentialSettings, EnvAuth
@@ -327,7 +328,7 @@ _names = [repr(name) for name in PROVIDERS]
 _AUTH_TYPE_NAMES = ", ".join(_names[:-1]) + " or " + _names[-1]
 
 
-def _message(error: dict[str, Any]) -> str:
+def _message(error: ErrorDetails) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return "unknown field (check its spelling)"

@@ -113,7 +113,7 @@ class CredentialProvider:
 
     @classmethod
     def auth_type(cls) -> str:
-        return cls.settings.model_fields["type"].default  # type: ignore[no-any-return]
+        return cls.settings.model_fields["type"].default
 
     @classmethod
     def check(cls, auth: Any, environ: Mapping[str, str]) -> str | None:

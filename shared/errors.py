@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
 
 class GatewayError(Exception):
@@ -42,7 +43,7 @@ class GatewayError(Exception):
         #: A connection failure or a timeout: worth another try.
         self.transient = transient
 
-    def body(self) -> dict:
+    def body(self) -> dict[str, Any]:
         return error_body(self.message, type=self.type, code=self.code, param=self.param)
 
 
@@ -129,7 +130,7 @@ class UpstreamTimeoutError(GatewayError):
     code = "upstream_timeout"
 
 
-def error_body(message: str, *, type: str, code: str | None, param: str | None = None) -> dict:
+def error_body(message: str, *, type: str, code: str | None, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 

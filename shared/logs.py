@@ -29,7 +29,7 @@ def current_request_id() -> str | None:
     return _request_id.get()
 
 
-class RequestLogger(logging.LoggerAdapter):
+class RequestLogger(logging.LoggerAdapter[logging.Logger]):
     """A logger that prefixes each message with the request id bound to the current context."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
