@@ -22,6 +22,7 @@ from .codec import dumps
 from .errors import INTERNAL_ERROR_BODY, GatewayError, InvalidRequestError, RequestTooLargeError
 from .logs import bind_request_id, get_logger
 from .openapi import openapi_document
+from .responses import ResponsesCall, parse_responses_request
 from .service import Gateway
 from .sse import SSE_HEADERS
 
@@ -83,8 +84,14 @@ class GatewayApi:
     async def chat_completions(self, request: Request) -> Response:
         return await _respond(request, self._chat_completions)
 
+    async def responses(self, request: Request) -> Response:
+        return await _respond(request, self._responses)
+
     async def models(self, request: Request) -> Response:
         return await _respond(request, self._models)
+
+    async def retrieve_model(self, request: Request) -> Response:
+        return await _respond(request, self._retrieve_model)
 
     async def health(self, request: Request) -> Response:
         return await _respond(request, _health)
@@ -108,8 +115,23 @@ class GatewayApi:
         first = await anext(events)
         return EventStreamResponse(_prepend(first, events), headers=SSE_HEADERS)
 
+    async def _responses(self, request: Request) -> Response:
+        body = await read_body(request, self._max_request_bytes)
+        call = parse_responses_request(body)
+        return await _while_connected(request, self._answer_responses(call))
+
+    async def _answer_responses(self, call: ResponsesCall) -> Response:
+        if not call.chat.stream:
+            return JSONResponse(await self.gateway.responses(call))
+        events = self.gateway.responses_stream(call)
+        first = await anext(events)
+        return EventStreamResponse(_prepend(first, events), headers=SSE_HEADERS)
+
     async def _models(self, request: Request) -> Response:
         return JSONResponse(self.gateway.models())
+
+    async def _retrieve_model(self, request: Request) -> Response:
+        return JSONResponse(self.gateway.model(request.path_params["id"]))
 
     async def _openapi(self, request: Request) -> Response:
         if self._openapi_document is None:

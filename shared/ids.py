@@ -13,3 +13,13 @@ def new_id() -> str:
 def completion_id() -> str:
     """A new OpenAI-style chat completion id."""
     return f"chatcmpl-{new_id()}"
+
+
+def response_id() -> str:
+    """A new OpenAI-style Responses API response id."""
+    return f"resp_{new_id()}"
+
+
+def item_id(prefix: str) -> str:
+    """A new id of a response's output item: `msg_…`, `fc_…`."""
+    return f"{prefix}_{new_id()}"

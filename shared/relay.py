@@ -7,6 +7,9 @@ would have sent. Keep-alive comments go out whenever the caller has received not
 `keepalive_s`. A stream that breaks after it started ends with one `data: {"error": {...}}`
 event and no `[DONE]`, so a client never takes a partial answer for a complete one; a failure
 before the first event is raised, so the caller still gets a status code.
+
+What goes on the wire is an `EventWriter`'s to say: Chat Completions' own events by default,
+the Responses API's events (shared/response_events.py) from the same normalized chunks.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .codec import loads
 from .config import EndpointConfig
@@ -33,8 +36,30 @@ log = get_logger("gateway.relay")
 ReadResult = Callable[[EndpointConfig, UpstreamResponse], ChatResult]
 
 
-def error_event(error: GatewayError) -> bytes:
-    return event(error.body())
+class EventWriter(Protocol):
+    """What the caller is sent for each normalized `chat.completion.chunk` (an empty result
+    sends nothing), for the end of a finished answer, and for a failure after the first event."""
+
+    def chunk(self, data: dict[str, Any]) -> bytes: ...
+
+    def done(self) -> bytes: ...
+
+    def failed(self, body: dict[str, Any]) -> bytes: ...
+
+
+class ChatEvents:
+    """Chat Completions' events: each chunk as one `data:` event, `[DONE]`, an error object."""
+
+    chunk = staticmethod(event)
+
+    def done(self) -> bytes:
+        return DONE
+
+    def failed(self, body: dict[str, Any]) -> bytes:
+        return event(body)
+
+
+CHAT_EVENTS = ChatEvents()
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,25 +70,25 @@ class ChunkIds:
     id: str = field(default_factory=completion_id)
     created: int = field(default_factory=lambda: int(time.time()))
 
-    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        return event(
-            {
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": choices,
-                **extra,
-            }
-        )
+    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
 
-    def delta(self, index: int, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+    def delta(self, index: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         return self.chunk(
             [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
         )
 
 
-def normalized_chunk(data: Any, ids: ChunkIds, exchange: Exchange, *, include_usage: bool) -> bytes | None:
+def normalized_chunk(
+    data: Any, ids: ChunkIds, exchange: Exchange, *, include_usage: bool
+) -> dict[str, Any] | None:
     """An endpoint's chunk as the caller gets it; its usage and finish reasons are noted in
     `exchange`.
 
@@ -85,10 +110,10 @@ def normalized_chunk(data: Any, ids: ChunkIds, exchange: Exchange, *, include_us
         reason = choice.get("finish_reason") if isinstance(choice, dict) else None
         if reason:
             exchange.finish_reasons.append(reason)
-    return event(data)
+    return data
 
 
-def result_chunks(result: ChatResult, ids: ChunkIds, *, include_usage: bool) -> Iterator[bytes]:
+def result_chunks(result: ChatResult, ids: ChunkIds, *, include_usage: bool) -> Iterator[dict[str, Any]]:
     """A whole answer as the chunks a streaming endpoint would have sent: for each choice a role
     chunk, its content, its tool calls, and its finish reason; then the usage if asked for."""
     for index, choice in enumerate(result.choices):
@@ -165,12 +190,14 @@ async def relay_chat(
     exchange: Exchange,
     observer: Observer,
     include_usage: bool,
+    writer: EventWriter = CHAT_EVENTS,
 ) -> AsyncIterator[bytes]:
     """The caller's events for the answer `opening` gives (awaited here, with keep-alives
-    meanwhile). What `opening` holds is the caller's to release after the last event."""
+    meanwhile), as `writer` writes them. What `opening` holds is the caller's to release after
+    the last event."""
     started = False
     try:
-        async for item in _events(opening, pacing, read_result, exchange, include_usage):
+        async for item in _events(opening, pacing, read_result, exchange, include_usage, writer):
             if not started:
                 started = True
                 observer.first_chunk(exchange)
@@ -179,12 +206,12 @@ async def relay_chat(
         if not started:
             raise
         log.warning("stream from endpoint %r ended early: %s", exchange.endpoint, exc.message)
-        yield error_event(exc)
+        yield writer.failed(exc.body())
     except Exception:
         if not started:
             raise
         log.exception("stream from endpoint %r failed unexpectedly", exchange.endpoint)
-        yield event(INTERNAL_ERROR_BODY)
+        yield writer.failed(INTERNAL_ERROR_BODY)
 
 
 async def _events(
@@ -193,6 +220,7 @@ async def _events(
     read_result: ReadResult,
     exchange: Exchange,
     include_usage: bool,
+    writer: EventWriter,
 ) -> AsyncIterator[bytes]:
     # Waiting for the answer (a dedicated endpoint's whole answer) may take long: it runs as a
     # task, and keep-alives go out meanwhile.
@@ -202,7 +230,7 @@ async def _events(
     endpoint, upstream = opened.result()
     ids = ChunkIds(endpoint.name)
     if "text/event-stream" in upstream.content_type:
-        async for events in _relayed(endpoint, upstream, ids, exchange, include_usage, pacing):
+        async for events in _relayed(endpoint, upstream, ids, exchange, include_usage, pacing, writer):
             yield events
         return
     # /score does not stream (nor does an endpoint that ignored "stream"): the same events,
@@ -213,7 +241,10 @@ async def _events(
     result = read_result(endpoint, reading.result())
     exchange.usage = result.usage
     exchange.finish_reasons.extend(c.finish_reason or "stop" for c in result.choices)
-    yield b"".join(result_chunks(result, ids, include_usage=include_usage)) + DONE
+    encode = writer.chunk
+    yield (
+        b"".join([encode(c) for c in result_chunks(result, ids, include_usage=include_usage)]) + writer.done()
+    )
 
 
 async def _relayed(
@@ -223,11 +254,13 @@ async def _relayed(
     exchange: Exchange,
     include_usage: bool,
     pacing: Pacing,
+    writer: EventWriter,
 ) -> AsyncIterator[bytes]:
     """The endpoint's chunks, normalized, then `[DONE]`: also when the endpoint ended a finished
     answer without one, but never after an answer cut short. The events of one read are sent
     in one write, as they came (but the first event at once, on its own)."""
     started = False
+    encode = writer.chunk
     async for batch in _event_batches(upstream, pacing.wait_s):
         if batch is None:
             yield pacing.keepalive()
@@ -236,10 +269,10 @@ async def _relayed(
         for data in batch:
             if data.strip() == "[DONE]":
                 pacing.sent()
-                yield b"".join(events) + DONE
+                yield b"".join(events) + writer.done()
                 return
             try:
-                chunk = normalized_chunk(loads(data), ids, exchange, include_usage=include_usage)
+                normalized = normalized_chunk(loads(data), ids, exchange, include_usage=include_usage)
             except ValueError:
                 if events:  # what came before the bad event still reaches the caller
                     yield b"".join(events)
@@ -248,7 +281,10 @@ async def _relayed(
                     "chat.completion.chunk; check its endpoint_api_type",
                     code="bad_upstream_response",
                 ) from None
-            if chunk is None:
+            if normalized is None:
+                continue
+            chunk = encode(normalized)
+            if not chunk:
                 continue
             if not started:
                 started = True
@@ -266,7 +302,7 @@ async def _relayed(
             f"endpoint {endpoint.name!r} ended the stream before the answer was finished",
             code="upstream_stream_truncated",
         )
-    yield DONE
+    yield writer.done()
 
 
 async def _event_batches(upstream: Answer, wait_s: Callable[[], float]) -> AsyncIterator[list[str] | None]:

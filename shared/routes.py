@@ -35,7 +35,15 @@ ROUTES: tuple[Route, ...] = (
         "chat_completions",
         "An OpenAI chat completion, or with stream=true its chunks as server-sent events",
     ),
+    Route(
+        "responses",
+        "POST",
+        "v1/responses",
+        "responses",
+        "An OpenAI Responses API response (stateless), or with stream=true its events as server-sent events",
+    ),
     Route("models", "GET", "v1/models", "models", "The models (configured endpoints) callers may name"),
+    Route("retrieve_model", "GET", "v1/models/{id}", "retrieve_model", "One model, by its id"),
     Route("openapi", "GET", "openapi.json", "openapi", "This document"),
     Route("health", "GET", "health", "health", "Liveness: touches no secret and no endpoint", anonymous=True),
 )

@@ -1,4 +1,5 @@
-"""The gateway service: Chat Completions over the dispatch pipeline and the stream relay."""
+"""The gateway service: Chat Completions and the Responses API over the dispatch pipeline and
+the stream relay."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from .api_type import ApiType
 from .chat import ChatRequest, chat_completion
 from .config import EndpointConfig, GatewayConfig, load_config
 from .credentials import Credential, Credentials
-from .errors import InvalidRequestError, ResponseFormatError, UpstreamTimeoutError
+from .errors import InvalidRequestError, ModelNotFoundError, ResponseFormatError, UpstreamTimeoutError
 from .formatters import ChatResult
 from .logs import current_request_id, get_logger
 from .observe import NO_OBSERVER, Exchange, Observer
 from .pipeline import Leases, Pipeline, RequestBuilder
-from .relay import Pacing, relay_chat
+from .relay import CHAT_EVENTS, EventWriter, Pacing, relay_chat
+from .response_events import ResponseEvents
+from .responses import ResponsesCall, response_from_result
 from .routing import UpstreamRequest, build_upstream_request
 from .transport import Sender, Transport, UpstreamResponse
 
@@ -40,7 +43,7 @@ class Gateway:
         self._transport: Sender = transport or Transport()
         self._observer = observer
         self.pipeline = Pipeline(config, self._credentials, self._transport, observer)
-        self._model_list = {
+        self._model_list: dict[str, Any] = {
             "object": "list",
             "data": [
                 {"id": e.name, "object": "model", "created": 0, "owned_by": "azureml"}
@@ -56,9 +59,38 @@ class Gateway:
     def models(self) -> dict[str, Any]:
         return self._model_list
 
+    def model(self, name: str) -> dict[str, Any]:
+        """The entry of `models()` named `name`; `ModelNotFoundError` if there is none."""
+        entries: list[dict[str, Any]] = self._model_list["data"]
+        for entry in entries:
+            if entry["id"] == name:
+                return entry
+        names = ", ".join(entry["id"] for entry in entries)
+        raise ModelNotFoundError(
+            f"The model {name!r} does not exist on this gateway; available: {names}", param="model"
+        )
+
     async def chat(self, request: ChatRequest) -> dict[str, Any]:
         """The `chat.completion` for a validated request."""
-        endpoint, exchange = self._start(request)
+        answered_by, result = await self._complete(request, "chat")
+        return chat_completion(result, model=answered_by.name)
+
+    async def responses(self, call: ResponsesCall) -> dict[str, Any]:
+        """The `response` object for a validated Responses API request."""
+        answered_by, result = await self._complete(call.chat, "responses")
+        return response_from_result(call, result, model=answered_by.name)
+
+    def chat_stream(self, request: ChatRequest) -> AsyncIterator[bytes]:
+        """The SSE events of a `"stream": true` request; failures before the first event raise,
+        so the caller still gets a status code."""
+        return self._stream(request, "chat", CHAT_EVENTS)
+
+    def responses_stream(self, call: ResponsesCall) -> AsyncIterator[bytes]:
+        """The Responses API's SSE events, as `chat_stream`'s."""
+        return self._stream(call.chat, "responses", ResponseEvents(call))
+
+    async def _complete(self, request: ChatRequest, operation: str) -> tuple[EndpointConfig, ChatResult]:
+        endpoint, exchange = self._start(request, operation)
         error: BaseException | None = None
         try:
             with Leases() as leases:
@@ -74,12 +106,12 @@ class Gateway:
             self._observer.request_ended(exchange, error)
         exchange.usage = result.usage
         exchange.finish_reasons.extend(c.finish_reason or "stop" for c in result.choices)
-        return chat_completion(result, model=answered_by.name)
+        return answered_by, result
 
-    async def chat_stream(self, request: ChatRequest) -> AsyncIterator[bytes]:
-        """The SSE events of a `"stream": true` request; failures before the first event raise,
-        so the caller still gets a status code."""
-        endpoint, exchange = self._start(request)
+    async def _stream(
+        self, request: ChatRequest, operation: str, writer: EventWriter
+    ) -> AsyncIterator[bytes]:
+        endpoint, exchange = self._start(request, operation)
         settings = self.config.streaming
         pacing = Pacing(
             keepalive_s=settings.keepalive_s,
@@ -99,6 +131,7 @@ class Gateway:
                     exchange=exchange,
                     observer=self._observer,
                     include_usage=request.include_usage,
+                    writer=writer,
                 ):
                     yield item
         except BaseException as exc:
@@ -107,7 +140,7 @@ class Gateway:
         finally:
             self._observer.request_ended(exchange, error)
 
-    def _start(self, request: ChatRequest) -> tuple[EndpointConfig, Exchange]:
+    def _start(self, request: ChatRequest, operation: str) -> tuple[EndpointConfig, Exchange]:
         if len(request.messages) > self.config.max_messages:
             raise InvalidRequestError(
                 f"messages: this gateway takes at most {self.config.max_messages} messages "
@@ -115,7 +148,7 @@ class Gateway:
                 param="messages",
             )
         endpoint = self.pipeline.endpoint_for(request.model)
-        exchange = Exchange("chat", endpoint.name, request.stream, current_request_id())
+        exchange = Exchange(operation, endpoint.name, request.stream, current_request_id())
         self._observer.request_started(exchange)
         return endpoint, exchange
 
