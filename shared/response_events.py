@@ -113,10 +113,10 @@ class ResponseEvents:
         if not isinstance(error, dict):
             error = {}
         output = [self._snapshot(item, "incomplete") for item in self._items]
+        # The Responses API's error codes are a fixed list; the message says what happened.
+        code = "rate_limit_exceeded" if error.get("type") == "rate_limit_error" else "server_error"
         response = self._response(
-            "failed",
-            output,
-            error={"code": error.get("code") or "server_error", "message": error.get("message") or ""},
+            "failed", output, error={"code": code, "message": error.get("message") or ""}
         )
         self._emit(out, "response.failed", response=response)
         return b"".join(out)

@@ -511,7 +511,10 @@ def response_usage(usage: Any) -> dict[str, Any] | None:
         "input_tokens_details": {
             "cached_tokens": _count(prompt_details.get("cached_tokens"))
             if isinstance(prompt_details, dict)
-            else 0
+            else 0,
+            "cache_write_tokens": _count(prompt_details.get("cache_write_tokens"))
+            if isinstance(prompt_details, dict)
+            else 0,
         },
         "output_tokens": output_tokens,
         "output_tokens_details": {

@@ -276,7 +276,7 @@ async def test_a_stream_broken_midway_ends_with_response_failed(gateway, emulato
     types = [data["type"] for _, data in events]
     assert types[-1] == "response.failed" and "response.completed" not in types
     failed = events[-1][1]["response"]
-    assert failed["status"] == "failed" and failed["error"]["code"] == "upstream_connection_error"
+    assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
     assert "'mistral-large' broke the stream" in failed["error"]["message"]
 
 
