@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .chat import ChatCompletionRequest
+from .responses import ResponsesRequest
 from .routes import ROUTES
 
 _ERROR = {
@@ -53,6 +54,34 @@ _SSE_EVENT = {
     "type": "object",
     "required": ["data"],
     "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+}
+
+_RESPONSE = {
+    "type": "object",
+    "required": ["id", "object", "created_at", "status", "model", "output"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "response"},
+        "created_at": {"type": "integer"},
+        "status": {"enum": ["completed", "incomplete"]},
+        "model": {"type": "string"},
+        "output": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["type", "id"],
+                "properties": {"type": {"enum": ["message", "function_call"]}, "id": {"type": "string"}},
+            },
+        },
+        "incomplete_details": {"type": ["object", "null"]},
+        "usage": {"type": ["object", "null"]},
+    },
+}
+
+_MODEL = {
+    "type": "object",
+    "required": ["id", "object"],
+    "properties": {"id": {"type": "string"}, "object": {"const": "model"}},
 }
 
 _MODELS = {
@@ -116,6 +145,30 @@ _OPERATIONS: dict[str, dict[str, Any]] = {
             **_errors("400", "404", "413", "429", "502", "503", "504"),
         },
     },
+    "responses": {
+        "requestBody": {
+            "required": True,
+            "content": _json({"$ref": "#/components/schemas/ResponsesRequest"}),
+        },
+        "responses": {
+            "200": {
+                "description": "A response object, or with stream=true the Responses API's server-sent "
+                "events, from response.created to response.completed (response.incomplete, response.failed)",
+                "content": {
+                    **_json({"$ref": "#/components/schemas/Response"}),
+                    "text/event-stream": {"schema": _SSE_EVENT},
+                },
+            },
+            **_errors("400", "404", "413", "429", "502", "503", "504"),
+        },
+    },
+    "retrieve_model": {
+        "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {
+            "200": {"description": "The model", "content": _json({"$ref": "#/components/schemas/Model"})},
+            **_errors("404"),
+        },
+    },
     "models": {
         "responses": {
             "200": {
@@ -130,6 +183,8 @@ _OPERATIONS: dict[str, dict[str, Any]] = {
 def openapi_document() -> dict[str, Any]:
     request_schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     components = request_schema.pop("$defs", {})
+    responses_schema = ResponsesRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(responses_schema.pop("$defs", {}))
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         operation = _OPERATIONS.get(route.name) or {
@@ -145,7 +200,8 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "Azure ML chat gateway",
             "version": "1.0.0",
-            "description": "OpenAI Chat Completions in front of Azure Machine Learning online endpoints.",
+            "description": "OpenAI Chat Completions and the Responses API in front of Azure Machine "
+            "Learning online endpoints.",
         },
         "paths": paths,
         "components": {
@@ -153,6 +209,9 @@ def openapi_document() -> dict[str, Any]:
                 **components,
                 "ChatCompletionRequest": request_schema,
                 "ChatCompletion": _COMPLETION,
+                "ResponsesRequest": responses_schema,
+                "Response": _RESPONSE,
+                "Model": _MODEL,
                 "ModelList": _MODELS,
                 "Error": _ERROR,
             }

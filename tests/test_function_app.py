@@ -62,7 +62,7 @@ def _worker_like_app(functions) -> Starlette:
     return Starlette(routes=routes)
 
 
-def test_function_app_indexes_exactly_the_four_routes(functions_host):
+def test_function_app_indexes_exactly_the_routes(functions_host):
     bindings = {
         name: json.loads(function.get_function_json())["bindings"]
         for name, function in functions_host["functions"].items()
@@ -79,6 +79,17 @@ def test_function_app_indexes_exactly_the_four_routes(functions_host):
             },
             {"direction": "OUT", "type": "http", "name": "$return"},
         ],
+        "responses": [
+            {
+                "direction": "IN",
+                "type": "httpTrigger",
+                "name": "req",
+                "methods": ["POST"],
+                "authLevel": "FUNCTION",
+                "route": "v1/responses",
+            },
+            {"direction": "OUT", "type": "http", "name": "$return"},
+        ],
         "models": [
             {
                 "direction": "IN",
@@ -87,6 +98,17 @@ def test_function_app_indexes_exactly_the_four_routes(functions_host):
                 "methods": ["GET"],
                 "authLevel": "FUNCTION",
                 "route": "v1/models",
+            },
+            {"direction": "OUT", "type": "http", "name": "$return"},
+        ],
+        "retrieve_model": [
+            {
+                "direction": "IN",
+                "type": "httpTrigger",
+                "name": "req",
+                "methods": ["GET"],
+                "authLevel": "FUNCTION",
+                "route": "v1/models/{id}",
             },
             {"direction": "OUT", "type": "http", "name": "$return"},
         ],
@@ -136,6 +158,9 @@ def test_openai_client_through_the_functions_adapter(functions_host):
     assert completion.choices[0].message.content == "You said: Hi from Functions"
     assert [m.id for m in client.models.list()] == ["llama-chat", "mistral-large"]
     assert functions_host["emulator"].requests[-1].deployment == "llama-2-7b-chat-1"
+    assert client.models.retrieve("mistral-large").id == "mistral-large"
+    response = client.responses.create(model="llama-chat", input="Hi from Functions")
+    assert response.output_text == "You said: Hi from Functions"
 
 
 def test_streaming_through_the_functions_adapter(functions_host):

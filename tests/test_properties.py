@@ -130,11 +130,13 @@ def test_openapi_document_is_served(gateway):
         document = json.load(r)
     assert set(document["paths"]) == {
         "/api/v1/chat/completions",
+        "/api/v1/responses",
         "/api/v1/models",
+        "/api/v1/models/{id}",
         "/api/openapi.json",
         "/api/health",
     }
-    assert "ChatCompletionRequest" in document["components"]["schemas"]
+    assert {"ChatCompletionRequest", "ResponsesRequest"} <= set(document["components"]["schemas"])
 
 
 def test_gateway_errors_all_have_documented_statuses():

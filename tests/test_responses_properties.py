@@ -18,6 +18,7 @@ from pydantic import TypeAdapter
 
 from shared.chat import ChatCompletionRequest
 from shared.codec import dumps
+from shared.errors import InvalidRequestError
 from shared.formatters import ChatChoice, ChatResult
 from shared.relay import ChunkIds
 from shared.response_events import ResponseEvents
@@ -95,6 +96,45 @@ requests = st.fixed_dictionaries(
         "stream": st.booleans(),
     },
 )
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+#: Bodies that look like Responses requests, with any values where the fields are.
+near_requests = st.fixed_dictionaries(
+    {
+        "input": json_values
+        | st.lists(st.dictionaries(st.sampled_from(["type", "role", "content"]), json_values))
+    },
+    optional={
+        key: json_values
+        for key in (
+            "tools",
+            "tool_choice",
+            "text",
+            "include",
+            "reasoning",
+            "store",
+            "metadata",
+            "instructions",
+        )
+    },
+)
+
+
+@given(st.binary(max_size=256) | (json_values | near_requests).map(lambda v: json.dumps(v).encode()))
+@settings(max_examples=400)
+def test_any_body_parses_or_is_a_400_naming_the_problem(body):
+    try:
+        parse_responses_request(body)
+    except InvalidRequestError as exc:
+        assert exc.status == 400 and exc.message
+        assert exc.param is None or exc.message.startswith(f"{exc.param}: ")
 
 
 def tool_calls(n: int) -> st.SearchStrategy[list[dict[str, Any]]]:
