@@ -29,12 +29,21 @@ from .responses import (
 
 
 class _Message:
-    __slots__ = ("id", "output_index", "pieces")
+    __slots__ = ("id", "output_index", "pieces", "delta_head")
 
     def __init__(self, output_index: int) -> None:
         self.id = item_id("msg")
         self.output_index = output_index
         self.pieces: list[str] = []
+        #: A text delta event up to its text: most events of a stream are these, so they are
+        #: written from this and the text's JSON, without a dict to encode.
+        self.delta_head = (
+            b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","item_id":"'
+            + self.id.encode()
+            + b'","output_index":'
+            + str(output_index).encode()
+            + b',"content_index":0,"delta":'
+        )
 
 
 class _FunctionCall:
@@ -73,25 +82,27 @@ class ResponseEvents:
                 self._model = model
             self._open(out)
         choices = data.get("choices")
-        for choice in choices if isinstance(choices, list) else ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue  # the Responses API has one answer: the first choice
-            delta = choice.get("delta")
-            if isinstance(delta, dict):
-                content = delta.get("content")
-                if isinstance(content, str) and content:
-                    self._text(content, out)
-                tool_calls = delta.get("tool_calls")
-                for position, call in enumerate(tool_calls if isinstance(tool_calls, list) else ()):
-                    if isinstance(call, dict):
-                        self._call_delta(position, call, out)
-            reason = choice.get("finish_reason")
-            if isinstance(reason, str) and reason:
-                self._finish_reason = reason
+        if choices.__class__ is list:
+            for choice in choices:
+                if choice.__class__ is not dict or choice.get("index", 0) != 0:
+                    continue  # the Responses API has one answer: the first choice
+                delta = choice.get("delta")
+                if delta.__class__ is dict:
+                    content = delta.get("content")
+                    if content and content.__class__ is str:
+                        self._text(content, out)
+                    tool_calls = delta.get("tool_calls")
+                    if tool_calls and tool_calls.__class__ is list:
+                        for position, call in enumerate(tool_calls):
+                            if call.__class__ is dict:
+                                self._call_delta(position, call, out)
+                reason = choice.get("finish_reason")
+                if reason and reason.__class__ is str:
+                    self._finish_reason = reason
         usage = data.get("usage")
-        if isinstance(usage, dict):
+        if usage.__class__ is dict:
             self._usage = usage
-        return b"".join(out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def done(self) -> bytes:
         out: list[bytes] = []
@@ -153,14 +164,14 @@ class ResponseEvents:
         if not text:
             return
         message.pieces.append(text)
-        self._emit(
-            out,
-            "response.output_text.delta",
-            item_id=message.id,
-            output_index=message.output_index,
-            content_index=0,
-            delta=text,
-            logprobs=[],
+        sequence = self._sequence
+        self._sequence = sequence + 1
+        out.append(
+            message.delta_head
+            + dumps(text)
+            + b',"logprobs":[],"sequence_number":'
+            + str(sequence).encode()
+            + b"}\n\n"
         )
 
     def _call_delta(self, position: int, delta: dict[str, Any], out: list[bytes]) -> None:
