@@ -24,7 +24,7 @@ log = get_logger("gateway.observe")
 class Exchange:
     """One caller's request as observers see it, from start to end."""
 
-    #: "chat" (Chat Completions).
+    #: "chat" (Chat Completions) or "responses" (the Responses API).
     operation: str
     #: The name the caller asked for (`model`), or the default model.
     model: str
