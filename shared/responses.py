@@ -19,7 +19,7 @@ from pydantic_core import from_json
 
 from .chat import ChatRequest, _message, _param
 from .errors import InvalidRequestError
-from .formatters import ChatResult
+from .formatters import ChatChoice, ChatResult
 from .ids import item_id, response_id
 
 
@@ -464,12 +464,14 @@ def function_call_item(
 
 def response_from_result(call: ResponsesCall, result: ChatResult, *, model: str) -> dict[str, Any]:
     """The `response` object for an endpoint's whole answer (its first choice)."""
-    choice = result.choices[0]
+    choice = result.choices[0] if result.choices else ChatChoice({"role": "assistant", "content": ""})
     status, reason = status_of(choice.finish_reason)
     message = choice.message
     output: list[dict[str, Any]] = []
     content = message.get("content")
-    tool_calls = message.get("tool_calls") or []
+    tool_calls = message.get("tool_calls")
+    if not isinstance(tool_calls, list):
+        tool_calls = []
     if (isinstance(content, str) and content) or not tool_calls:
         output.append(message_item(content if isinstance(content, str) else "", status=status))
     for call_ in tool_calls:

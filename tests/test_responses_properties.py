@@ -265,6 +265,27 @@ def test_streamed_and_whole_answers_agree(body, data, answer):
     assert text_deltas == (answer.choices[0].message.get("content") or "")
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    message=st.dictionaries(st.sampled_from(["role", "content", "tool_calls", "refusal"]), json_values),
+    data=st.data(),
+)
+def test_any_answer_of_any_shape_becomes_a_valid_response_whole_and_streamed(message, data):
+    """A formatter hands over whatever the endpoint said: neither path may fail on its shape."""
+    call = parse_responses_request(b'{"input": "x"}')
+    answer = ChatResult([ChatChoice(message, data.draw(st.none() | st.text(max_size=8)))])
+    Response.model_validate(response_from_result(call, answer, model="m"))
+    writer = ResponseEvents(call)
+    chunks = [
+        json.loads(dumps({"choices": [{"index": 0, "delta": d}]}))
+        for d in data.draw(st.lists(json_values, max_size=4))
+    ]
+    events = events_of(b"".join(writer.chunk(c) for c in chunks) + writer.done())
+    assert events[-1]["type"] in ("response.completed", "response.incomplete")
+    for event in events:
+        EVENT.validate_python(event)
+
+
 def test_a_stream_that_breaks_ends_with_a_failed_response_holding_what_came():
     call = parse_responses_request(b'{"input": "x"}')
     writer = ResponseEvents(call)
