@@ -24,6 +24,7 @@ from .api_type import ApiType
 from .credentials import PROVIDERS, Auth, CredentialSettings, EnvAuth
 from .errors import ConfigError
 from .formatters import BUILTIN_FORMATTERS, ContentFormatterBase
+from .url_forms import form_problem, form_warning, with_url_defaults
 
 logger = logging.getLogger("gateway.config")
 
@@ -60,6 +61,11 @@ class EndpointConfig(_Model):
     def formatter(self) -> ContentFormatterBase:
         return load_formatter(self.content_formatter)()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_follow_the_url(cls, data: Any) -> Any:
+        return with_url_defaults(data)
+
     @field_validator("endpoint_url")
     @classmethod
     def _url_fits_the_api_type(cls, url: str, info: Any) -> str:
@@ -81,6 +87,30 @@ class EndpointConfig(_Model):
                 f"{self.api_type.value!r}; it supports: {names}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _url_form_has_what_it_needs(self) -> EndpointConfig:
+        if self.api_type is ApiType.SERVERLESS:
+            problem = form_problem(self.endpoint_url, self.upstream_model)
+            if problem:
+                raise ValueError(problem)
+        return self
+
+
+class GroupMember(_Model):
+    endpoint: str
+    #: The member's share of requests under `weighted`; 0: only when no other member can
+    #: take the request (an overflow).
+    weight: float = Field(default=1.0, ge=0, le=1_000_000)
+
+
+class GroupConfig(_Model):
+    """A name in `model` that spreads requests over several endpoints (docs/groups.md)."""
+
+    name: str = Field(pattern=r"^\S+$", max_length=256)
+    strategy: Literal["weighted", "least_busy", "lowest_latency"] = "weighted"
+    members: list[GroupMember] = Field(min_length=1, max_length=64)
+    fallbacks: list[str] = Field(default_factory=list)
 
 
 class ResilienceSettings(_Model):
@@ -133,6 +163,7 @@ class GatewayConfig(_Model):
 
     default_model: str | None = None
     endpoints: list[EndpointConfig] = Field(min_length=1)
+    groups: list[GroupConfig] = Field(default_factory=list)
     max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
     max_messages: int = Field(default=512, ge=1)
     resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)
@@ -156,9 +187,11 @@ class GatewayConfig(_Model):
                     )
             if len(set(endpoint.fallbacks)) != len(endpoint.fallbacks):
                 raise ValueError(f"endpoint {endpoint.name!r}: fallbacks lists an endpoint twice")
+        _check_groups(self.groups, seen)
+        seen.update(group.name for group in self.groups)
         if self.default_model is not None and self.default_model not in seen:
             raise ValueError(
-                f"default_model {self.default_model!r} is not the name of an endpoint "
+                f"default_model {self.default_model!r} is not the name of an endpoint or a group "
                 f"(names: {', '.join(sorted(seen))})"
             )
         return self
@@ -166,6 +199,48 @@ class GatewayConfig(_Model):
     @cached_property
     def endpoints_by_name(self) -> dict[str, EndpointConfig]:
         return {e.name: e for e in self.endpoints}
+
+    @cached_property
+    def groups_by_name(self) -> dict[str, GroupConfig]:
+        return {g.name: g for g in self.groups}
+
+
+def _check_groups(groups: list[GroupConfig], endpoint_names: set[str]) -> None:
+    """Refuse groups that cannot work, saying how to fix each."""
+    group_names = {group.name for group in groups}
+    endpoints = ", ".join(sorted(endpoint_names))
+    seen: set[str] = set()
+    for group in groups:
+        where = f"group {group.name!r}"
+        if group.name in endpoint_names or group.name in seen:
+            kind = "an endpoint" if group.name in endpoint_names else "another group"
+            raise ValueError(
+                f"{where}: {kind} has the same name; endpoint and group names share one "
+                "namespace (what callers put in model): rename one of them"
+            )
+        seen.add(group.name)
+        members = [member.endpoint for member in group.members]
+        for name in (*members, *group.fallbacks):
+            role = "member" if name in members else "fallback"
+            if name in group_names:
+                raise ValueError(
+                    f"{where}: {role} {name!r} is a group; a group's {role}s are endpoints: "
+                    f"list that group's endpoints instead"
+                )
+            if name not in endpoint_names:
+                raise ValueError(f"{where}: {role} {name!r} is not an endpoint (endpoints: {endpoints})")
+        if len(set(members)) != len(members):
+            raise ValueError(f"{where}: members lists an endpoint twice; give it one entry and a weight")
+        if len(set(group.fallbacks)) != len(group.fallbacks) or set(group.fallbacks) & set(members):
+            raise ValueError(
+                f"{where}: fallbacks lists an endpoint twice or one of the members; "
+                "list each endpoint once, members first"
+            )
+        if group.strategy == "weighted" and not sum(member.weight for member in group.members) > 0:
+            raise ValueError(
+                f"{where}: the members' weights add up to 0, so none would be chosen; "
+                "give at least one member a weight above 0"
+            )
 
 
 def load_formatter(name: str) -> type[ContentFormatterBase]:
@@ -254,6 +329,9 @@ def parse_config(document: str | bytes, *, source: str = "GATEWAY_CONFIG") -> Ga
                 "endpoint %r: endpoint_api_type 'realtime' is deprecated; use 'dedicated'",
                 endpoint.name,
             )
+        retiring = form_warning(endpoint.endpoint_url)
+        if retiring:
+            logger.warning("endpoint %r %s", endpoint.name, retiring)
         replacement = endpoint.formatter.deprecated_in_favour_of
         if replacement:
             logger.warning(

@@ -280,5 +280,7 @@ class Pipeline:
                 observer.credential_refused(exchange, endpoint.name, response.status)
                 self._credentials.invalidate(endpoint.auth, credential)
                 continue
+            if response.status in (401, 403):
+                error.message += endpoint.auth.refusal_hint()
             raise error
         raise AssertionError("unreachable")

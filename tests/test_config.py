@@ -148,7 +148,7 @@ def test_accepted_dedicated_urls(url):
 
 
 def test_foundry_unified_url_is_accepted_for_serverless():
-    url = "https://res.services.ai.azure.com/models/chat/completions?api-version=2024-05-01-preview"
+    url = "https://res.services.ai.azure.com/models/chat/completions?api-version=2025-04-01"
     config = parse_config(
         document(endpoint(endpoint_url=url, endpoint_api_type="serverless", upstream_model="Mistral-large"))
     )
@@ -161,7 +161,7 @@ def test_duplicate_names_are_refused():
 
 def test_unknown_default_model_is_refused():
     message = error_of(document(endpoint(), default_model="gpt-4"))
-    assert "default_model 'gpt-4' is not the name of an endpoint (names: llama-chat)" in message
+    assert "default_model 'gpt-4' is not the name of an endpoint or a group (names: llama-chat)" in message
 
 
 @pytest.mark.parametrize(
