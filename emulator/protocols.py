@@ -385,7 +385,9 @@ def stream_events(
 
         if reply.tool_call is None:
             events = [choice({"role": "assistant", "content": ""}, logprobs_of([]))]
-            events += [choice({"reasoning_content": piece}, logprobs_of([])) for piece in pieces(reasoning or "")]
+            events += [
+                choice({"reasoning_content": piece}, logprobs_of([])) for piece in pieces(reasoning or "")
+            ]
             events += [
                 choice({"content": piece}, logprobs_of([piece], position))
                 for position, piece in enumerate(pieces(reply.text))

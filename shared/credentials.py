@@ -85,12 +85,16 @@ class KeyAuthSettings(AuthSettings):
         return bearer(value)
 
     def refusal_hint(self) -> str:
-        other = "authorization" if self.header == "api-key" else "api-key"
-        sent = "api-key: <key>" if self.header == "api-key" else "Authorization: Bearer <key>"
+        if self.header == "api-key":
+            return (
+                "; check auth.header: it is 'api-key' (the key went in the api-key header), "
+                "which Azure AI Foundry and Azure OpenAI read; Azure ML endpoints read the key "
+                "from the Authorization header: set auth.header to 'authorization' for them"
+            )
         return (
-            f"; check the key, and auth.header: the key went as {sent} (auth.header "
-            f"{self.header!r}); Azure AI Foundry and Azure OpenAI take 'api-key', Azure ML "
-            f"'authorization': try {other!r} if the endpoint expects that"
+            "; check auth.header: it is 'authorization' (the key went in the Authorization "
+            "header), which Azure ML endpoints read; Azure AI Foundry and Azure OpenAI read "
+            "the key from the api-key header: set auth.header to 'api-key' for them"
         )
 
 
@@ -299,7 +303,7 @@ class EntraAuth(AuthSettings):
 
     def refusal_hint(self) -> str:
         return (
-            f"; tokens go as Authorization: Bearer for auth.scope {self.scope!r}: check that "
+            f"; the token (in the Authorization header) is for auth.scope {self.scope!r}: check that "
             "the endpoint takes that audience and that the app's identity has a role on it "
             "(docs/foundry.md)"
         )

@@ -14,7 +14,7 @@ from .errors import InvalidRequestError, ResponseFormatError, UpstreamTimeoutErr
 from .formatters import ChatResult
 from .logs import current_request_id, get_logger
 from .observe import NO_OBSERVER, Exchange, Observer
-from .pipeline import Leases, Pipeline, RequestBuilder
+from .pipeline import Leases, Pipeline, RequestBuilder, Target
 from .relay import Pacing, relay_chat
 from .routing import UpstreamRequest, build_upstream_request
 from .transport import Sender, Transport, UpstreamResponse
@@ -43,8 +43,14 @@ class Gateway:
         self._model_list = {
             "object": "list",
             "data": [
-                {"id": e.name, "object": "model", "created": 0, "owned_by": "azureml"}
-                for e in config.endpoints
+                *(
+                    {"id": e.name, "object": "model", "created": 0, "owned_by": "azureml"}
+                    for e in config.endpoints
+                ),
+                *(
+                    {"id": g.name, "object": "model", "created": 0, "owned_by": "gateway"}
+                    for g in config.groups
+                ),
             ],
         }
 
@@ -107,7 +113,7 @@ class Gateway:
         finally:
             self._observer.request_ended(exchange, error)
 
-    def _start(self, request: ChatRequest) -> tuple[EndpointConfig, Exchange]:
+    def _start(self, request: ChatRequest) -> tuple[Target, Exchange]:
         if len(request.messages) > self.config.max_messages:
             raise InvalidRequestError(
                 f"messages: this gateway takes at most {self.config.max_messages} messages "

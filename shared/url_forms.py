@@ -38,6 +38,7 @@ OPENAI_DEPLOYMENT_API_VERSION = "2024-10-21"
 #: model-specific parameters work.
 MODEL_INFERENCE_EXTRA_PARAMETERS = "pass-through"
 
+
 class UrlForm(enum.Enum):
     AZUREML = "azureml"
     OPENAI_V1 = "openai_v1"
@@ -113,10 +114,7 @@ def form_problem(url: str, upstream_model: str | None) -> str | None:
         if not versions or not versions[0]:
             return f"{url!r} needs its api-version: append ?api-version={suggested}"
         if form is UrlForm.MODEL_INFERENCE and versions[0] in RETIRED_MODEL_INFERENCE_VERSIONS:
-            return (
-                f"api-version {versions[0]} is retired and no longer served: use "
-                f"api-version={suggested}"
-            )
+            return f"api-version {versions[0]} is retired and no longer served: use api-version={suggested}"
     return None
 
 
