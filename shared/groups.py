@@ -16,9 +16,10 @@ measures time to first byte (`Latencies.observe`) for members of `lowest_latency
 
 from __future__ import annotations
 
+import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from .config import EndpointConfig, GatewayConfig, GroupConfig
 
@@ -33,23 +34,23 @@ class Latencies:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, stale_s: float = LATENCY_STALE_S) -> None:
         self.clock = clock
-        self._stale_s = stale_s
+        self.stale_s = stale_s
         #: name -> (average in seconds, when it was last updated)
-        self._averages: dict[str, tuple[float, float]] = {}
+        self.averages: dict[str, tuple[float, float]] = {}
 
     def observe(self, name: str, seconds: float) -> None:
         now = self.clock()
-        previous = self._averages.get(name)
-        if previous is None or now - previous[1] > self._stale_s:
-            self._averages[name] = (seconds, now)
+        previous = self.averages.get(name)
+        if previous is None or now - previous[1] > self.stale_s:
+            self.averages[name] = (seconds, now)
         else:
             average = previous[0]
-            self._averages[name] = (average + LATENCY_SMOOTHING * (seconds - average), now)
+            self.averages[name] = (average + LATENCY_SMOOTHING * (seconds - average), now)
 
     def estimate(self, name: str, now: float) -> float:
         """The average; 0 when there is none or it is stale (such a member goes first)."""
-        entry = self._averages.get(name)
-        if entry is None or now - entry[1] > self._stale_s:
+        entry = self.averages.get(name)
+        if entry is None or now - entry[1] > self.stale_s:
             return 0.0
         return entry[0]
 
@@ -61,15 +62,20 @@ class GroupDispatch:
         self,
         group: GroupConfig,
         config: GatewayConfig,
-        in_flight: Callable[[str], int],
+        in_flight: Mapping[str, int],
         latencies: Latencies,
         rand: Callable[[], float] = random.random,
     ) -> None:
         by_name = config.endpoints_by_name
         self.name = group.name
         self.strategy = group.strategy
-        self._members = tuple((by_name[m.endpoint], m.weight) for m in group.members)
+        # Per member: (endpoint, name, weight, max_concurrency or infinity): read on every request.
+        self._members = tuple(
+            (by_name[m.endpoint], m.endpoint, m.weight, by_name[m.endpoint].max_concurrency or math.inf)
+            for m in group.members
+        )
         self._fallbacks = tuple(by_name[name] for name in group.fallbacks)
+        #: The live count of calls in flight per endpoint (the pipeline's `InFlight.counts`).
         self._in_flight = in_flight
         self._latencies = latencies
         self._rand = rand
@@ -85,57 +91,63 @@ class GroupDispatch:
         remaining = list(self._members)
         while remaining:
             index = self._pick(remaining)
-            if index is None:  # every member left is at its max_concurrency
-                for endpoint, _ in remaining:
-                    yield endpoint
+            if index < 0:  # every member left is at its max_concurrency
+                for member in remaining:
+                    yield member[0]
                 break
             yield remaining.pop(index)[0]
         yield from self._fallbacks
 
-    def _has_room(self, endpoint: EndpointConfig) -> bool:
-        limit = endpoint.max_concurrency
-        return limit is None or self._in_flight(endpoint.name) < limit
-
-    def _weighted(self, members: list[tuple[EndpointConfig, float]]) -> int | None:
+    def _weighted(self, members: list[_Member]) -> int:
+        in_flight = self._in_flight
         total = 0.0
-        for endpoint, weight in members:
-            if weight and self._has_room(endpoint):
-                total += weight
-        if total:
-            point = self._rand() * total
-            last = None
-            for index, (endpoint, weight) in enumerate(members):
-                if weight and self._has_room(endpoint):
-                    last = index
-                    point -= weight
-                    if point < 0:
-                        return index
-            return last  # rounding left the point at the very end
-        for index, (endpoint, _) in enumerate(members):  # the overflow members, in order
-            if self._has_room(endpoint):
+        open_ = []  # (running total, index) of the members with a weight and room
+        overflow = -1  # the first member of weight 0 with room
+        for index, (_, name, weight, limit) in enumerate(members):
+            if in_flight.get(name, 0) < limit:
+                if weight:
+                    total += weight
+                    open_.append((total, index))
+                elif overflow < 0:
+                    overflow = index
+        if not open_:
+            return overflow
+        point = self._rand() * total
+        for running, index in open_:
+            if point < running:
                 return index
-        return None
+        return open_[-1][1]  # rounding left the point at the very end
 
-    def _least_busy(self, members: list[tuple[EndpointConfig, float]]) -> int | None:
-        return self._lowest(members, lambda endpoint: self._in_flight(endpoint.name))
-
-    def _lowest_latency(self, members: list[tuple[EndpointConfig, float]]) -> int | None:
-        now = self._latencies.clock()
-        return self._lowest(members, lambda endpoint: self._latencies.estimate(endpoint.name, now))
-
-    def _lowest(
-        self, members: list[tuple[EndpointConfig, float]], cost: Callable[[EndpointConfig], float]
-    ) -> int | None:
-        """The member with room and the lowest cost; ties go to each in turn."""
+    def _least_busy(self, members: list[_Member]) -> int:
+        """The member with room and the fewest calls in flight; ties go to each in turn."""
+        in_flight = self._in_flight
         count = len(members)
-        self._turn += 1
-        best, best_cost = None, 0.0
+        self._turn = turn = self._turn + 1
+        best, best_load = -1, math.inf
         for offset in range(count):
-            index = (self._turn + offset) % count
-            endpoint = members[index][0]
-            if not self._has_room(endpoint):
-                continue
-            value = cost(endpoint)
-            if best is None or value < best_cost:
-                best, best_cost = index, value
+            index = (turn + offset) % count
+            _, name, _, limit = members[index]
+            load = in_flight.get(name, 0)
+            if load < limit and load < best_load:
+                best, best_load = index, load
         return best
+
+    def _lowest_latency(self, members: list[_Member]) -> int:
+        """The member with room and the lowest average time to first byte; ties in turn."""
+        in_flight, latencies = self._in_flight, self._latencies
+        averages, fresh_since = latencies.averages, latencies.clock() - latencies.stale_s
+        count = len(members)
+        self._turn = turn = self._turn + 1
+        best, best_latency = -1, math.inf
+        for offset in range(count):
+            index = (turn + offset) % count
+            _, name, _, limit = members[index]
+            if in_flight.get(name, 0) < limit:
+                entry = averages.get(name)
+                latency = entry[0] if entry is not None and entry[1] >= fresh_since else 0.0
+                if latency < best_latency:
+                    best, best_latency = index, latency
+        return best
+
+
+_Member = tuple[EndpointConfig, str, float, float]

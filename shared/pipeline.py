@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from .config import EndpointConfig, GatewayConfig, GroupConfig
 from .credentials import Credential, Credentials
@@ -61,6 +61,11 @@ class InFlight:
 
     def count(self, name: str) -> int:
         return self._counts.get(name, 0)
+
+    @property
+    def counts(self) -> Mapping[str, int]:
+        """The live count per endpoint name (read-only: `acquire` and its release change it)."""
+        return self._counts
 
     def acquire(self, endpoint: EndpointConfig) -> Callable[[], None]:
         """One more call in flight to `endpoint`, or `ConcurrencyLimitError` at its
@@ -116,7 +121,7 @@ class Pipeline:
         self.latencies = Latencies()
         rand = (rng or random.Random()).random
         self._groups = {
-            g.name: GroupDispatch(g, config, self.in_flight.count, self.latencies, rand)
+            g.name: GroupDispatch(g, config, self.in_flight.counts, self.latencies, rand)
             for g in config.groups
         }
         #: Endpoints whose time to first byte a `lowest_latency` group needs.
