@@ -103,6 +103,19 @@ param amlWorkspaceName string = ''
 @description('Resource group of amlWorkspaceName. Empty: this resource group.')
 param amlWorkspaceResourceGroup string = ''
 
+@description('Optional name of an existing Azure AI Foundry (AIServices) or Azure OpenAI resource called with Entra tokens (gateway "auth": {"type": "entra"}): the app identity gets foundryRoleName on it. Empty: no role.')
+param foundryAccountName string = ''
+
+@description('Resource group of foundryAccountName. Empty: this resource group.')
+param foundryAccountResourceGroup string = ''
+
+@description('Role on foundryAccountName: Cognitive Services OpenAI User (OpenAI models) or Cognitive Services User (also the other models of a Foundry resource).')
+@allowed([
+  'Cognitive Services OpenAI User'
+  'Cognitive Services User'
+])
+param foundryRoleName string = 'Cognitive Services OpenAI User'
+
 @description('Days the Log Analytics workspace keeps logs.')
 @minValue(30)
 @maxValue(730)
@@ -143,6 +156,7 @@ var deploymentContainerName = toLower('app-package-${take(appName, 32)}-${take(r
 var createKeyVault = empty(existingKeyVaultName)
 var keyVaultResourceGroupName = empty(existingKeyVaultResourceGroup) ? resourceGroup().name : existingKeyVaultResourceGroup
 var amlResourceGroupName = empty(amlWorkspaceResourceGroup) ? resourceGroup().name : amlWorkspaceResourceGroup
+var foundryResourceGroupName = empty(foundryAccountResourceGroup) ? resourceGroup().name : foundryAccountResourceGroup
 
 // ---------------------------------------------------------------------------------------------
 // Resources
@@ -237,6 +251,16 @@ module amlAccess 'modules/rbac-aml.bicep' = if (!empty(amlWorkspaceName)) {
   }
 }
 
+module foundryAccess 'modules/rbac-foundry.bicep' = if (!empty(foundryAccountName)) {
+  name: 'rbac-foundry-${resourceToken}'
+  scope: resourceGroup(foundryResourceGroupName)
+  params: {
+    accountName: foundryAccountName
+    identityPrincipalId: identity.properties.principalId
+    roleName: foundryRoleName
+  }
+}
+
 module functionApp 'modules/function.bicep' = {
   name: 'function-${resourceToken}'
   params: {
@@ -265,11 +289,12 @@ module functionApp 'modules/function.bicep' = {
     easyAuthAllowedApplications: easyAuthAllowedApplications
     appSubnetId: vnetEnabled ? network.outputs.appSubnetId : ''
   }
-  // Every role of the identity exists before the app starts (storage, telemetry, vault, AML).
+  // Every role of the identity exists before the app starts (storage, telemetry, vault, AML, Foundry).
   dependsOn: [
     rbac
     keyVaultAccess
     amlAccess
+    foundryAccess
   ]
 }
 

@@ -101,6 +101,19 @@ param amlWorkspaceName string = ''
 @description('Resource group of amlWorkspaceName. Empty: the resource group created here.')
 param amlWorkspaceResourceGroup string = ''
 
+@description('Optional Azure AI Foundry or Azure OpenAI resource the app may call with Entra tokens (foundryRoleName).')
+param foundryAccountName string = ''
+
+@description('Resource group of foundryAccountName. Empty: the resource group created here.')
+param foundryAccountResourceGroup string = ''
+
+@description('Role on foundryAccountName: Cognitive Services OpenAI User or Cognitive Services User.')
+@allowed([
+  'Cognitive Services OpenAI User'
+  'Cognitive Services User'
+])
+param foundryRoleName string = 'Cognitive Services OpenAI User'
+
 @description('Days the Log Analytics workspace keeps logs.')
 @minValue(30)
 @maxValue(730)
@@ -156,6 +169,9 @@ module gateway 'main.bicep' = {
     existingKeyVaultResourceGroup: existingKeyVaultResourceGroup
     amlWorkspaceName: amlWorkspaceName
     amlWorkspaceResourceGroup: amlWorkspaceResourceGroup
+    foundryAccountName: foundryAccountName
+    foundryAccountResourceGroup: foundryAccountResourceGroup
+    foundryRoleName: foundryRoleName
     logRetentionInDays: logRetentionInDays
     functionAppName: functionAppName
     keyVaultName: keyVaultName

@@ -43,6 +43,8 @@ MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
 KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 KEY_VAULT_SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
 AZUREML_DATA_SCIENTIST = "f6c7c914-8db3-469d-8ca1-694a8f32e121"
+COGNITIVE_SERVICES_OPENAI_USER = "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd"
+COGNITIVE_SERVICES_USER = "a97b65f3-24c7-4388-baec-2e87135dc908"
 
 # (file, role assignment symbol) -> (role, the resource it is scoped to, that resource's type, principal)
 EXPECTED_ROLE_ASSIGNMENTS = {
@@ -86,6 +88,18 @@ EXPECTED_ROLE_ASSIGNMENTS = {
         AZUREML_DATA_SCIENTIST,
         "amlWorkspace",
         "Microsoft.MachineLearningServices/workspaces",
+        "identityPrincipalId",
+    ),
+    ("rbac-foundry.bicep", "openAiUser"): (
+        COGNITIVE_SERVICES_OPENAI_USER,
+        "account",
+        "Microsoft.CognitiveServices/accounts",
+        "identityPrincipalId",
+    ),
+    ("rbac-foundry.bicep", "cognitiveServicesUser"): (
+        COGNITIVE_SERVICES_USER,
+        "account",
+        "Microsoft.CognitiveServices/accounts",
         "identityPrincipalId",
     ),
 }
@@ -316,8 +330,8 @@ def test_roles_exist_before_the_app_starts() -> None:
     main = parse(MAIN)
     assert "identity" in resources(main, "Microsoft.ManagedIdentity/userAssignedIdentities")
     function_app = body(main["modules"]["functionApp"])
-    assert set(function_app["dependsOn"]) == {"rbac", "keyVaultAccess", "amlAccess"}
-    for module in ("rbac", "keyVaultAccess", "amlAccess"):
+    assert set(function_app["dependsOn"]) == {"rbac", "keyVaultAccess", "amlAccess", "foundryAccess"}
+    for module in ("rbac", "keyVaultAccess", "amlAccess", "foundryAccess"):
         params = body(main["modules"][module])["params"]
         assert property_path(params["identityPrincipalId"]) == "identity.properties.principalId", module
     assert property_path(function_app["params"]["identityId"]) == "identity.id"
