@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from .api_type import ApiType
-from .credentials import PROVIDERS, Auth, CredentialSettings, EnvAuth
+from .credentials import PROVIDERS, Auth, CredentialSettings, EnvAuth, KeyAuthSettings
 from .errors import ConfigError
 from .formatters import BUILTIN_FORMATTERS, ContentFormatterBase
 from .url_forms import form_problem, form_warning, with_url_defaults
@@ -29,6 +29,8 @@ from .url_forms import form_problem, form_warning, with_url_defaults
 logger = logging.getLogger("gateway.config")
 
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+#: Auth types whose key goes in the header `auth.header` names.
+_KEY_AUTH_TYPES = frozenset(name for name, p in PROVIDERS.items() if issubclass(p.settings, KeyAuthSettings))
 
 
 class _Model(BaseModel):
@@ -64,7 +66,7 @@ class EndpointConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _defaults_follow_the_url(cls, data: Any) -> Any:
-        return with_url_defaults(data)
+        return with_url_defaults(data, _KEY_AUTH_TYPES)
 
     @field_validator("endpoint_url")
     @classmethod

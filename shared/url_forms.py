@@ -17,6 +17,7 @@ else the form needs, so a proxy or the emulator in front of a Foundry path gets 
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -71,9 +72,9 @@ def is_cognitive_host(url: str) -> bool:
     return host.endswith(COGNITIVE_HOST_SUFFIXES)
 
 
-def with_url_defaults(endpoint: Any) -> Any:
+def with_url_defaults(endpoint: Any, key_types: Collection[str] = ("key_vault", "env")) -> Any:
     """An endpoint's raw configuration with the defaults its URL implies filled in where it
-    left them out: `auth.header` (key auth types), `auth.scope` (`entra`), and
+    left them out: `auth.header` (the auth types of `key_types`), `auth.scope` (`entra`), and
     `extra_parameters` (the model inference API). Anything unexpected is left for validation."""
     if not isinstance(endpoint, dict) or not isinstance(endpoint.get("endpoint_url"), str):
         return endpoint
@@ -89,7 +90,7 @@ def with_url_defaults(endpoint: Any) -> Any:
         if auth.get("type") == "entra":
             if "scope" not in auth:
                 filled["auth"] = {**auth, "scope": COGNITIVE_SCOPE if cognitive else ML_SCOPE}
-        elif auth.get("type") in ("key_vault", "env") and "header" not in auth:
+        elif auth.get("type") in key_types and "header" not in auth:
             filled["auth"] = {**auth, "header": "api-key" if cognitive else "authorization"}
     if form is UrlForm.MODEL_INFERENCE and "extra_parameters" not in endpoint:
         filled["extra_parameters"] = MODEL_INFERENCE_EXTRA_PARAMETERS
