@@ -119,7 +119,8 @@ class Pipeline:
             e.name: (e, *(config.endpoints_by_name[name] for name in e.fallbacks)) for e in config.endpoints
         }
         self.latencies = Latencies()
-        rand = (rng or random.Random()).random
+        # Spreading load, not secrecy: a seedable generator (tests fix the seed).
+        rand = (rng or random.Random()).random  # nosec B311
         self._groups = {
             g.name: GroupDispatch(g, config, self.in_flight.counts, self.latencies, rand)
             for g in config.groups
