@@ -220,6 +220,26 @@ def test_the_answer_limits_are_configuration_fields_with_defaults(hostile):
     assert raised.max_response_bytes == 32 * MiB
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="service.py must build Transport with the configured limits and read upstream.events() "
+    "(lead: see the report)",
+)
+async def test_the_configured_limits_bound_answers_and_events(hostile, start_gateway):
+    config = hostile_config(hostile.url)
+    config.update(max_response_bytes=64 * 1024, max_event_bytes=4096)
+    base = start_gateway(config)
+    hostile.answer(
+        json_reply(200, json.dumps({"output": "x" * 100_000}).encode()),
+        sse_reply([b"data: " + b"x" * 5000 + b"\n\n"]),
+    )
+    status, _, body = await post(base)
+    assert "more than 65536 bytes" in error_of(status, body, 502, "upstream_response_too_large")["message"]
+    status, _, body = await post(base, {"model": "mistral-large", "messages": HELLO, "stream": True})
+    error = error_of(status, body, 502, "upstream_event_too_large")
+    assert "endpoint 'mistral-large' sent a stream event larger than 4096 bytes" in error["message"]
+
+
 # 3. Linear SSE parsing, with a bounded event.
 
 
