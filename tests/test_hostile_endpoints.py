@@ -142,7 +142,7 @@ def test_scrub_keeps_runs_shorter_than_a_piece():
 
 @pytest.mark.xfail(
     strict=True,
-    reason="service.py must pass secret=credential to upstream_status_error (lead: see the report)",
+    reason="the gateway must pass secret=credential to upstream_status_error (lead: see the report)",
 )
 async def test_a_key_echoed_across_the_cut_reaches_no_caller_and_no_log(
     hostile, start_gateway, canary_key, caplog
@@ -222,8 +222,8 @@ def test_the_answer_limits_are_configuration_fields_with_defaults(hostile):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="service.py must build Transport with the configured limits and read upstream.events() "
-    "(lead: see the report)",
+    reason="the gateway must build its Transport and SSEDecoder from max_response_bytes and "
+    "max_event_bytes (lead: see the report)",
 )
 async def test_the_configured_limits_bound_answers_and_events(hostile, start_gateway):
     config = hostile_config(hostile.url)
