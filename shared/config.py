@@ -28,6 +28,10 @@ from .formatters import BUILTIN_FORMATTERS, ContentFormatterBase
 logger = logging.getLogger("gateway.config")
 
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+#: The most an endpoint's whole answer may hold, counted after decompression.
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+#: The most one event of an endpoint's stream may hold.
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 
 
 class _Model(BaseModel):
@@ -134,6 +138,8 @@ class GatewayConfig(_Model):
     default_model: str | None = None
     endpoints: list[EndpointConfig] = Field(min_length=1)
     max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
+    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
+    max_event_bytes: int = Field(default=DEFAULT_MAX_EVENT_BYTES, ge=1024)
     max_messages: int = Field(default=512, ge=1)
     resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)
     credentials: CredentialSettings = Field(default_factory=CredentialSettings)

@@ -37,7 +37,9 @@ class Gateway:
         self.config = config
         self._credentials = credentials or Credentials(settings=config.credentials)
         self._credentials.observe(observer)
-        self._transport: Sender = transport or Transport()
+        self._transport: Sender = transport or Transport(
+            max_response_bytes=config.max_response_bytes, max_event_bytes=config.max_event_bytes
+        )
         self._observer = observer
         self.pipeline = Pipeline(config, self._credentials, self._transport, observer)
         self._model_list = {
@@ -99,6 +101,7 @@ class Gateway:
                     exchange=exchange,
                     observer=self._observer,
                     include_usage=request.include_usage,
+                    max_event_bytes=self.config.max_event_bytes,
                 ):
                     yield item
         except BaseException as exc:
