@@ -244,6 +244,7 @@ async def _relayed(
             if data.strip() == "[DONE]":
                 pacing.sent()
                 yield b"".join(events) + DONE
+                await upstream.drain()  # the connection goes back to the pool
                 return
             try:
                 chunk = normalized_chunk(loads(data), ids, exchange, include_usage=include_usage)

@@ -37,9 +37,7 @@ class Gateway:
         self.config = config
         self._credentials = credentials or Credentials(settings=config.credentials)
         self._credentials.observe(observer)
-        self._transport: Sender = transport or Transport(
-            max_response_bytes=config.max_response_bytes, max_event_bytes=config.max_event_bytes
-        )
+        self._transport: Sender = transport or Transport(max_response_bytes=config.max_response_bytes)
         self._observer = observer
         self.pipeline = Pipeline(config, self._credentials, self._transport, observer)
         self._model_list = {

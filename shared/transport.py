@@ -17,11 +17,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from .config import DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_RESPONSE_BYTES
+from .config import DEFAULT_MAX_RESPONSE_BYTES
 from .errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
 from .retry import parse_retry_after
 from .routing import UpstreamRequest
-from .sse import SSEDecoder
 
 USER_AGENT = "azureml-chat-gateway/0.1"
 #: An error answer is read for its message only: what is past this is not read.
@@ -35,7 +34,6 @@ class Limits:
     """How much of an endpoint's answer the gateway reads, counted after decompression."""
 
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
-    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     max_error_body_bytes: int = MAX_ERROR_BODY_BYTES
 
 
@@ -84,15 +82,6 @@ class UpstreamStream:
             )
         return UpstreamResponse(self.status, body, self.content_type, self.retry_after)
 
-    async def events(self, idle_s: Callable[[], float]) -> AsyncIterator[list[str] | None]:
-        """The data of the events completed by each read (the last one included if it lacks
-        its blank line), and None for each wait of `idle_s()` seconds that read nothing. An
-        event larger than `max_event_bytes` raises `EventTooLargeError`."""
-        decoder = SSEDecoder(self._limits.max_event_bytes, endpoint=self._endpoint)
-        async for raw in self.chunks(idle_s):
-            yield decoder.feed(raw) if raw else None
-        yield decoder.close()
-
     async def chunks(self, idle_s: Callable[[], float]) -> AsyncIterator[bytes]:
         """The body as it arrives; an empty chunk whenever nothing came for `idle_s()` seconds
         (nothing is lost: the next read goes on where this one stopped)."""
@@ -115,6 +104,19 @@ class UpstreamStream:
             else:  # the end of the body
                 return
 
+    async def drain(self, max_bytes: int = 64 * 1024, timeout_s: float = 0.25) -> None:
+        """Read what is left of the body after the answer is complete (what follows a stream's
+        `[DONE]`), so that `release()` returns the connection to the pool instead of closing it
+        and the next call needs no new TLS handshake. Past either bound it gives up: the
+        connection is then closed."""
+        content = self._response.content
+        try:
+            async with asyncio.timeout(timeout_s):
+                while max_bytes > 0 and (chunk := await content.readany()):
+                    max_bytes -= len(chunk)
+        except (TimeoutError, aiohttp.ClientError):
+            pass
+
     def release(self) -> None:
         """Give the connection back to the pool, or close it if the body was not read."""
         self._response.release()
@@ -133,15 +135,15 @@ class Transport:
         connection_limit: int = 0,
         connect_timeout_s: float = 10.0,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         max_error_body_bytes: int = MAX_ERROR_BODY_BYTES,
     ) -> None:
         """`connection_limit` 0: no pool-wide cap; each endpoint's `max_concurrency` bounds its
         connections instead, so one busy endpoint cannot starve the others. The `max_*_bytes`
-        bound what is read of an answer (see `Limits`)."""
+        bound what is read of an answer (see `Limits`; one stream event is bounded by the relay's
+        decoder)."""
         self._connection_limit = connection_limit
         self._connect_timeout_s = connect_timeout_s
-        self._limits = Limits(max_response_bytes, max_event_bytes, max_error_body_bytes)
+        self._limits = Limits(max_response_bytes, max_error_body_bytes)
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -288,6 +290,8 @@ class Answer(Protocol):
     async def read(self) -> UpstreamResponse: ...
 
     def chunks(self, idle_s: Callable[[], float]) -> AsyncIterator[bytes]: ...
+
+    async def drain(self) -> None: ...
 
     def release(self) -> None: ...
 

@@ -433,3 +433,33 @@ async def test_an_endpoint_that_sends_only_its_own_comments_still_leaves_the_cal
     # About eight are due; a slow machine's timers lower the count, never to none.
     assert 3 <= lines.count(": keep-alive") <= 9, lines
     servers.run(server.stop())
+
+
+async def test_the_endpoint_connection_is_reused_when_its_body_ends_after_done(servers, start_gateway):
+    """An endpoint that ends its body a moment after `data: [DONE]`: the relay reads that end
+    before giving the connection back, so the next stream needs no new connection (against
+    Azure: no new TLS handshake before its first chunk)."""
+    peers: list[tuple[str, int]] = []
+    answer = ("data: " + chunk_json({"role": "assistant", "content": "hi"}, "stop") + "\n\n").encode()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        peers.append(request.transport.get_extra_info("peername"))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(answer + b"data: [DONE]\n\n")
+        await asyncio.sleep(0.02)  # the end of the body comes after [DONE]
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    server = servers.run(AiohttpServer(app).start())
+    base = start_gateway(emulator_config(server.url))
+    try:
+        for _ in range(3):
+            reply = await stream(base, {"model": "mistral-large", "messages": HELLO})
+            assert reply.lines[-1] == "data: [DONE]"
+            await asyncio.sleep(0.05)  # the body's end has been read by now
+        assert len(peers) == 3 and len(set(peers)) == 1, peers
+    finally:
+        servers.run(server.stop())
