@@ -15,6 +15,7 @@ dev: $(VENV)/.installed  ## the gateway on http://127.0.0.1:7071 with the emulat
 	$(PY) scripts/dev.py
 
 test: $(VENV)/.installed  ## the whole test suite, then the offline checks of infra/
+	$(PY) -m tests.functions_runtime.venv
 	$(PY) -m pytest
 	bash scripts/check_infra.sh
 
