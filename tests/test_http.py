@@ -15,13 +15,15 @@ from emulator import Fault, reply_text
 from .conftest import emulator_config
 
 CHAT = "/api/v1/chat/completions"
+JSON = {"Content-Type": "application/json"}
 HELLO = [{"role": "user", "content": "Hello there"}]
 
 
 async def post(base: str, body: object, headers: dict[str, str] | None = None, raw: bytes | None = None):
     async with aiohttp.ClientSession() as session:
         data = raw if raw is not None else json.dumps(body).encode()
-        async with session.post(base + CHAT, data=data, headers=headers or {}) as response:
+        headers = {**JSON, **(headers or {})}
+        async with session.post(base + CHAT, data=data, headers=headers) as response:
             return response.status, CIMultiDict(response.headers), await response.read()
 
 
@@ -239,7 +241,7 @@ async def test_oversized_body_is_a_413_before_parsing(emulator, start_gateway):
             yield b" " * 1024
 
     async with aiohttp.ClientSession() as session:
-        async with session.post(base + CHAT, data=chunks()) as response:
+        async with session.post(base + CHAT, data=chunks(), headers=JSON) as response:
             assert response.status == 413
     assert emulator[0].requests == []
 
