@@ -25,9 +25,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import GatewayConfig
-from .errors import INTERNAL_ERROR_BODY, ConfigError, GatewayError, MethodNotAllowedError, NotFoundError
+from .errors import ConfigError, GatewayError, MethodNotAllowedError, NotFoundError
 from .guard import HostGuard, OpenAICORSMiddleware
-from .http import REQUEST_ID_HEADER, GatewayApi, error_response
+from .http import REQUEST_ID_HEADER, GatewayApi, error_response, internal_error_response
 from .logs import bind_request_id
 from .openapi import openapi_document
 from .runtime import tune_gc
@@ -158,7 +158,7 @@ async def _routing_error(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    response = JSONResponse(INTERNAL_ERROR_BODY, status_code=500)
+    response = internal_error_response()
     response.headers[REQUEST_ID_HEADER] = bind_request_id(request.headers.get(REQUEST_ID_HEADER))
     return response
 

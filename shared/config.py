@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .api_type import ApiType
 from .errors import ConfigError
 from .formatters import BUILTIN_FORMATTERS, ContentFormatterBase
+from .vault_url import vault_url_problem
 
 logger = logging.getLogger("gateway.config")
 
@@ -422,8 +423,9 @@ def _check_environment(config: GatewayConfig, environ: Mapping[str, str]) -> Non
                 f"{where}: type 'key_vault' needs the app setting KEY_VAULT_URL "
                 "(the vault's URI, e.g. https://<vault>.vault.azure.net/)"
             )
-        if isinstance(auth, KeyVaultAuth):
-            _check_vault_url(environ["KEY_VAULT_URL"])
+        problem = vault_url_problem(environ["KEY_VAULT_URL"]) if isinstance(auth, KeyVaultAuth) else None
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
         if isinstance(auth, EnvAuth):
             if not environ.get(auth.variable):
                 raise ConfigError(f"{where}: the environment variable {auth.variable} is not set")
@@ -432,46 +434,6 @@ def _check_environment(config: GatewayConfig, environ: Mapping[str, str]) -> Non
                 endpoint.name,
                 auth.variable,
             )
-
-
-#: Key Vault's DNS suffixes: Azure, Azure China, Azure US Government, Azure Germany.
-_VAULT_SUFFIXES = ("vault.azure.net", "vault.azure.cn", "vault.usgovcloudapi.net", "vault.microsoftazure.de")
-_VAULT_NAME = re.compile(r"^[a-z][a-z0-9-]{1,22}[a-z0-9]$")
-
-
-def _check_vault_url(url: str) -> None:
-    if not _is_vault_url(url):
-        # Not quoted back: a mistyped setting may hold anything, even a secret.
-        raise ConfigError(
-            "KEY_VAULT_URL is not a Key Vault URI: expected https://<vault-name>.vault.azure.net/ "
-            "(3 to 24 letters, digits and hyphens; or vault.azure.cn, vault.usgovcloudapi.net, "
-            "vault.microsoftazure.de) with no path: the vault's Overview page shows it as Vault URI"
-        )
-
-
-def _is_vault_url(url: str) -> bool:
-    """https://<name>.vault.azure.net/ or a sovereign cloud's, or https on the loopback
-    interface (a local vault, for tests)."""
-    if not _HEADER_SAFE.match(url):
-        return False
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        return False
-    if parts.scheme != "https" or not parts.hostname or parts.username is not None:
-        return False
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        return False
-    if _is_loopback(parts.hostname):
-        return True
-    name, _, suffix = parts.hostname.partition(".")
-    return (
-        port in (None, 443)
-        and suffix in _VAULT_SUFFIXES
-        and bool(_VAULT_NAME.match(name))
-        and "--" not in name
-    )
 
 
 def _describe(exc: ValidationError, data: Any) -> str:

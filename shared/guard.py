@@ -95,7 +95,8 @@ class OpenAICORSMiddleware(CORSMiddleware):
         if "access-control-request-private-network" in request_headers:
             refused.append("a public page may not call a server on a private network")
         error = InvalidRequestError(
-            f"CORS preflight refused: {'; '.join(refused) or response.body.decode()}.", code="cors_refused"
+            f"CORS preflight refused: {'; '.join(refused) or bytes(response.body).decode()}.",
+            code="cors_refused",
         )
         shaped = error_response(error)
         for name, value in response.headers.items():

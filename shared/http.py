@@ -139,6 +139,10 @@ async def _respond(request: Request, handler: Handler) -> Response:
     return response
 
 
+def internal_error_response() -> JSONResponse:
+    return JSONResponse(INTERNAL_ERROR_BODY, status_code=500)
+
+
 def error_response(error: GatewayError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
@@ -159,7 +163,7 @@ def require_json(content_type: str | None) -> None:
         name, _, value = parameter.partition("=")
         if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
             raise UnsupportedMediaTypeError(
-                f"The gateway reads JSON as UTF-8 (got {shown_header(content_type)}): send the header "
+                f"The gateway reads JSON as UTF-8 (got {shown_header(content_type or '')}): send the header "
                 "Content-Type: application/json, with no charset or charset=utf-8."
             )
 

@@ -42,7 +42,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits: LocalServerSettings = app_state.get(LIMITS_STATE_KEY) or LocalServerSettings()
-        self.timeout_keep_alive = self.limits.keepalive_timeout_s
+        self.timeout_keep_alive = self.limits.keepalive_timeout_s  # type: ignore[assignment]  # call_later takes a float
         self._reading_headers = True
         self._header_bytes = 0
         self._headers_completed = 0
