@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .credential_cache import Expiring, ExpiringCache
 from .errors import CredentialUnavailableError
 from .observe import NO_OBSERVER, Observer
+from .vault_url import vault_url_problem
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -204,7 +205,7 @@ class KeyVaultKeys(CredentialProvider):
                 "type 'key_vault' needs the app setting KEY_VAULT_URL "
                 "(the vault's URI, e.g. https://<vault>.vault.azure.net/)"
             )
-        return None
+        return vault_url_problem(environ["KEY_VAULT_URL"])
 
     async def aclose(self) -> None:
         await self._client.close()

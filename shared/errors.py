@@ -84,6 +84,20 @@ class RequestTooLargeError(GatewayError):
     code = "request_too_large"
 
 
+class UnsupportedMediaTypeError(GatewayError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class MisdirectedRequestError(GatewayError):
+    """The request's `Host` does not name the local server (a DNS-rebinding defence)."""
+
+    status = 421
+    type = "invalid_request_error"
+    code = "host_not_allowed"
+
+
 class UpstreamThrottledError(GatewayError):
     status = 429
     type = "rate_limit_error"

@@ -44,11 +44,13 @@ async def request(
     raw: bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> Reply:
-    """`body` is sent as JSON; `raw` is sent byte for byte instead."""
+    """`body` is sent as JSON; `raw` is sent byte for byte instead. Either is declared as
+    `Content-Type: application/json` unless `headers` say otherwise."""
     sent = dict(headers or {})
     data = raw
     if raw is None and body is not None:
         data = json.dumps(body).encode()
+    if data is not None:
         sent.setdefault("Content-Type", "application/json")
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
         async with session.request(method, base + path, data=data, headers=sent) as response:

@@ -213,7 +213,7 @@ async def test_oversized_body_is_a_413_before_parsing(emulator, start_gateway):
             yield b" " * 1024
 
     async with aiohttp.ClientSession() as session:
-        async with session.post(base + CHAT, data=chunks()) as response:
+        async with session.post(base + CHAT, data=chunks(), headers={"Content-Type": "application/json"}) as response:
             assert response.status == 413
     assert emulator[0].requests == []
 
