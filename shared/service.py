@@ -10,7 +10,7 @@ from .api_type import ApiType
 from .chat import ChatRequest, chat_completion
 from .config import EndpointConfig, GatewayConfig, load_config
 from .credentials import Credential, Credentials
-from .errors import InvalidRequestError, ResponseFormatError, UpstreamTimeoutError
+from .errors import ResponseFormatError, UpstreamTimeoutError
 from .formatters import ChatResult
 from .logs import current_request_id, get_logger
 from .observe import NO_OBSERVER, Exchange, Observer
@@ -109,12 +109,6 @@ class Gateway:
             self._observer.request_ended(exchange, error)
 
     def _start(self, request: ChatRequest) -> tuple[EndpointConfig, Exchange]:
-        if len(request.messages) > self.config.max_messages:
-            raise InvalidRequestError(
-                f"messages: this gateway takes at most {self.config.max_messages} messages "
-                f"(max_messages); got {len(request.messages)}",
-                param="messages",
-            )
         endpoint = self.pipeline.endpoint_for(request.model)
         exchange = Exchange("chat", endpoint.name, request.stream, current_request_id())
         self._observer.request_started(exchange)

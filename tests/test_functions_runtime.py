@@ -176,6 +176,18 @@ def test_an_error_keeps_its_status_and_openai_body(functions, hosts):
     assert KEY not in caught.value.response.text
 
 
+async def test_a_post_not_declared_json_is_a_415_on_the_functions_host_too(functions):
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            functions.url + "/api/v1/chat/completions",
+            data=json.dumps({"messages": HELLO}).encode(),
+            headers={"Content-Type": "text/plain"},
+        ) as response:
+            status, body = response.status, await response.json()
+    assert status == 415 and body["error"]["code"] == "unsupported_media_type"
+    assert "Content-Type: application/json" in body["error"]["message"]
+
+
 async def test_x_request_id_is_set_and_a_callers_own_is_kept(functions):
     async with aiohttp.ClientSession() as session:
         async with session.get(functions.url + "/api/health") as response:

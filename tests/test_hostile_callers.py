@@ -25,7 +25,6 @@ from shared.config import load_config
 from shared.errors import ConfigError
 
 from .conftest import emulator_config
-from .test_function_app import functions_host  # noqa: F401 (a fixture)
 from .test_local_server import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,18 +116,6 @@ async def test_json_in_another_charset_is_a_415(gateway):
     headers = {"Content-Type": "application/json; charset=utf-16"}
     status, _, body = await call(gateway, "POST", CHAT, json.dumps(HELLO).encode("utf-16"), headers)
     openai_error(status, body, 415, "UTF-8")
-
-
-def test_the_functions_host_refuses_a_post_not_declared_json_too(functions_host):  # noqa: F811
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(
-        functions_host["url"] + CHAT, data=json.dumps(HELLO).encode(), headers={"Content-Type": "text/plain"}
-    )
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(request, timeout=10)
-    openai_error(refused.value.code, refused.value.read(), 415, "Content-Type: application/json")
 
 
 def shell_blocks(markdown: str) -> Iterator[str]:
