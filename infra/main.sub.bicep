@@ -42,15 +42,15 @@ param instanceMemoryMB int = 2048
 @maxValue(1000)
 param httpPerInstanceConcurrency int = 0
 
-@description('Always-ready (billed) instances for the HTTP functions; 0 scales to zero.')
+@description('Always-ready (billed) instances for the HTTP functions; 0 scales to zero. With zoneRedundant, at least 2.')
 @minValue(0)
 @maxValue(20)
 param alwaysReadyInstances int = 0
 
-@description('Zone-redundant Flex Consumption plan (regions with availability zones only).')
+@description('Zone-redundant Flex Consumption plan (regions with availability zones only). Costs more: Standard_ZRS host storage, and at least 2 always-ready instances billed even when idle (see main.bicep).')
 param zoneRedundant bool = false
 
-@description('Replication of the host storage account.')
+@description('Replication of the host storage account when zoneRedundant is false (zone redundancy uses Standard_ZRS).')
 @allowed([
   'Standard_LRS'
   'Standard_ZRS'
@@ -92,8 +92,11 @@ param principalType string = 'User'
 @description('Name of an existing Key Vault to use instead of creating one.')
 param existingKeyVaultName string = ''
 
-@description('Resource group of existingKeyVaultName. Empty: the resource group created here.')
+@description('Resource group of existingKeyVaultName; ignored when a vault is created. Empty: the resource group created here.')
 param existingKeyVaultResourceGroup string = ''
+
+@description('With vnetEnabled: public IP addresses or CIDR ranges let through the firewall of a vault created here (see main.bicep). Empty: no public endpoint.')
+param keyVaultAllowedIpRules array = []
 
 @description('Optional Azure ML workspace whose aad_token endpoints the app may score (AzureML Data Scientist).')
 param amlWorkspaceName string = ''
@@ -167,6 +170,7 @@ module gateway 'main.bicep' = {
     principalType: principalType
     existingKeyVaultName: existingKeyVaultName
     existingKeyVaultResourceGroup: existingKeyVaultResourceGroup
+    keyVaultAllowedIpRules: keyVaultAllowedIpRules
     amlWorkspaceName: amlWorkspaceName
     amlWorkspaceResourceGroup: amlWorkspaceResourceGroup
     foundryAccountName: foundryAccountName

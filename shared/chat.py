@@ -101,21 +101,29 @@ class ChatRequest:
     include_usage: bool = False
 
 
-def parse_chat_request(body: bytes) -> ChatRequest:
-    """Parse and validate a request body; raise `InvalidRequestError` naming the bad field."""
+def parse_chat_request(
+    body: bytes, *, max_messages: int | None = None, max_content_parts: int | None = None
+) -> ChatRequest:
+    """Parse and validate a request body; raise `InvalidRequestError` naming the bad field.
+
+    Too many messages or content parts are refused on the parsed JSON, before the model is built:
+    validating them would cost far more than counting them.
+    """
     try:
-        request = ChatCompletionRequest.model_validate_json(body)
+        sent = from_json(body)
+    except ValueError as exc:
+        raise InvalidRequestError(f"The request body is not valid JSON: Invalid JSON: {exc}.") from None
+    if not isinstance(sent, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    _check_counts(sent.get("messages"), max_messages, max_content_parts)
+    try:
+        request = ChatCompletionRequest.model_validate(sent)
     except ValidationError as exc:
         # Of a union's alternatives, the deepest error is the one about what the caller meant.
         error = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))
-        if error["type"] == "json_invalid":
-            raise InvalidRequestError(f"The request body is not valid JSON: {error['msg']}.") from None
-        if error["type"] == "model_type" and not error["loc"]:
-            raise InvalidRequestError("The request body must be a JSON object.") from None
         param = _param(error["loc"])
         raise InvalidRequestError(f"{param}: {_message(error)}", param=param) from None
-    # Forward the caller's own JSON rather than a re-serialized model: faster, and exactly as sent.
-    sent = from_json(body)
+    # Forward the caller's own JSON rather than a re-serialized model: exactly as sent.
     return ChatRequest(
         model=request.model,
         messages=sent["messages"],
@@ -123,6 +131,30 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         stream=request.stream,
         include_usage=bool(request.stream_options and request.stream_options.include_usage),
     )
+
+
+def _check_counts(messages: Any, max_messages: int | None, max_content_parts: int | None) -> None:
+    if not isinstance(messages, list):
+        return  # the model says what is wrong with it
+    if max_messages is not None and len(messages) > max_messages:
+        raise InvalidRequestError(
+            f"messages: this gateway takes at most {max_messages} messages (max_messages); "
+            f"got {len(messages)}",
+            param="messages",
+        )
+    if max_content_parts is None:
+        return
+    parts = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            parts += len(content)
+    if parts > max_content_parts:
+        raise InvalidRequestError(
+            f"messages: this gateway takes at most {max_content_parts} content parts over all "
+            f"messages (max_content_parts); got {parts}",
+            param="messages",
+        )
 
 
 def _param(loc: tuple[Any, ...]) -> str:

@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +32,10 @@ logger = logging.getLogger("gateway.config")
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 #: Auth types whose key goes in the header `auth.header` names.
 _KEY_AUTH_TYPES = frozenset(name for name, p in PROVIDERS.items() if issubclass(p.settings, KeyAuthSettings))
+#: The most an endpoint's whole answer may hold, counted after decompression.
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+#: The most one event of an endpoint's stream may hold.
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 
 
 class _Model(BaseModel):
@@ -40,7 +45,7 @@ class _Model(BaseModel):
 class EndpointConfig(_Model):
     """One Azure ML endpoint, selected by the request's `model` equal to `name`."""
 
-    name: str = Field(pattern=r"^\S+$", max_length=256)
+    name: str = Field(pattern=r"^[^\s\x00-\x1f\x7f]+$", max_length=256)
     # Before endpoint_url, whose check depends on it.
     endpoint_api_type: Literal["dedicated", "serverless", "realtime"] = "dedicated"
     endpoint_url: str
@@ -73,6 +78,16 @@ class EndpointConfig(_Model):
     def _url_fits_the_api_type(cls, url: str, info: Any) -> str:
         return _check_url(url.rstrip("/"), info.data.get("endpoint_api_type", "dedicated"))
 
+    @field_validator("deployment_name")
+    @classmethod
+    def _deployment_name_is_a_header_value(cls, name: str | None) -> str | None:
+        if name is not None and not _HEADER_SAFE.match(name):
+            raise ValueError(
+                f"{name!r} is sent as the azureml-model-deployment header: use printable ASCII "
+                "without spaces or control characters"
+            )
+        return name
+
     @field_validator("content_formatter")
     @classmethod
     def _formatter_exists(cls, name: str) -> str:
@@ -96,6 +111,15 @@ class EndpointConfig(_Model):
             problem = form_problem(self.endpoint_url, self.upstream_model)
             if problem:
                 raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _extra_parameters_only_on_serverless(self) -> EndpointConfig:
+        if self.extra_parameters is not None and self.api_type is not ApiType.SERVERLESS:
+            raise ValueError(
+                "extra_parameters is sent only to serverless endpoints (the Azure AI model "
+                "inference API); remove it from this dedicated endpoint"
+            )
         return self
 
 
@@ -154,10 +178,31 @@ class CorsSettings(_Model):
         for origin in origins:
             if origin == "*":
                 raise ValueError("'*' is not allowed: list the front-ends' origins")
+            if not _HEADER_SAFE.match(origin):
+                raise ValueError(
+                    f"{origin!r} has spaces or control characters; an origin is sent as a header"
+                )
             parts = urlsplit(origin)
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
                 raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
         return [origin.rstrip("/") for origin in origins]
+
+
+class LocalServerSettings(_Model):
+    """What one caller can hold on the local server (uvicorn with `server_command`'s protocol);
+    Azure Functions applies its own limits instead."""
+
+    #: The request line and headers of one request, in bytes; more gets 431.
+    max_header_bytes: int = Field(default=65536, ge=4096, le=1048576)
+    #: From a connection's first byte (or a kept-alive connection's next request) to the end of
+    #: the headers; slower callers get 408 and are disconnected.
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: From the end of the headers to the end of the body.
+    body_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    #: An idle kept-alive connection is closed after this long.
+    keepalive_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    #: Open connections; one more is answered 503 and closed at once.
+    max_connections: int = Field(default=2048, ge=1)
 
 
 class GatewayConfig(_Model):
@@ -167,11 +212,33 @@ class GatewayConfig(_Model):
     endpoints: list[EndpointConfig] = Field(min_length=1)
     groups: list[GroupConfig] = Field(default_factory=list)
     max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
+    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
+    max_event_bytes: int = Field(default=DEFAULT_MAX_EVENT_BYTES, ge=1024)
     max_messages: int = Field(default=512, ge=1)
+    #: Content parts (text, images) over all the messages of one request.
+    max_content_parts: int = Field(default=1024, ge=1)
+    #: Names besides localhost, 127.0.0.1 and [::1] that the local server answers to in `Host`.
+    allowed_hosts: list[str] = Field(default_factory=list)
     resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)
     credentials: CredentialSettings = Field(default_factory=CredentialSettings)
     streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
+    local_server: LocalServerSettings = Field(default_factory=LocalServerSettings)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_are_names(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if host == "*":
+                raise ValueError(
+                    "'*' is not allowed: it would let any web page reach the server by DNS rebinding"
+                )
+            if not _ALLOWED_HOST.match(host):
+                raise ValueError(
+                    f"{host!r} is not a host name like gateway.internal, an IP address, or a "
+                    "domain like .example.com (no scheme, no port)"
+                )
+        return [host.lower().rstrip(".") for host in hosts]
 
     @model_validator(mode="after")
     def _names_are_unique_and_default_exists(self) -> GatewayConfig:
@@ -268,13 +335,40 @@ def load_formatter(name: str) -> type[ContentFormatterBase]:
     return cls
 
 
+#: What may be sent as an HTTP header value: visible ASCII, no spaces or control characters.
+_HEADER_SAFE = re.compile(r"^[!-~]+$")
+#: A host name (or a `.domain` suffix), an IPv4 address, or an IPv6 address in brackets.
+_ALLOWED_HOST = re.compile(
+    r"^(\.?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?|\[[0-9A-Fa-f:.]+\])$"
+)
+_PLACEHOLDER = re.compile(r"<[^<>]*>")
+
 _EXPECTED_PATH = {"dedicated": "/score", "realtime": "/score", "serverless": "/v1/chat/completions"}
 
 
 def _check_url(url: str, api_type: str) -> str:
+    placeholder = _PLACEHOLDER.search(url)
+    if placeholder:
+        raise ValueError(
+            f"{url!r} still has the placeholder {placeholder.group()}: use the endpoint's own URL "
+            "(Azure ML studio, Endpoints, the endpoint's Consume tab)"
+        )
+    if not _HEADER_SAFE.match(url):
+        # urlsplit would silently drop tabs and newlines and keep other control characters.
+        raise ValueError("the URL has spaces or control characters; check for a stray character")
     parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        # The URL is not quoted back: it holds a password.
+        raise ValueError(
+            "the URL carries a user name or password (https://user:password@...); remove it and "
+            "give the endpoint's key in auth (key_vault, entra or env)"
+        )
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ValueError(f"{url!r} is not an absolute http(s) URL")
+    try:
+        parts.port  # noqa: B018 (it parses the port)
+    except ValueError:
+        raise ValueError(f"{url!r} has a port that is not a number from 0 to 65535") from None
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise ValueError(
             f"{url!r} uses plain http; keys must travel over https (plain http is accepted only "
@@ -322,7 +416,8 @@ def parse_config(document: str | bytes, *, source: str = "GATEWAY_CONFIG") -> Ga
     except ValueError as exc:
         raise ConfigError(f"{source} is not valid JSON: {exc}") from None
     try:
-        config = GatewayConfig.model_validate(data)
+        # Strict: "60" is not a number and "true" is not a boolean, as a JSON schema would say.
+        config = GatewayConfig.model_validate(data, strict=True)
     except ValidationError as exc:
         raise ConfigError(f"{source} is invalid:\n" + _describe(exc, data)) from None
     for endpoint in config.endpoints:

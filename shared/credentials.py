@@ -28,6 +28,7 @@ from .credential_cache import Expiring, ExpiringCache
 from .errors import CredentialUnavailableError
 from .observe import NO_OBSERVER, Observer
 from .url_forms import ML_SCOPE
+from .vault_url import vault_url_problem
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -239,7 +240,7 @@ class KeyVaultKeys(CredentialProvider):
                 "type 'key_vault' needs the app setting KEY_VAULT_URL "
                 "(the vault's URI, e.g. https://<vault>.vault.azure.net/)"
             )
-        return None
+        return vault_url_problem(environ["KEY_VAULT_URL"])
 
     async def aclose(self) -> None:
         await self._client.close()

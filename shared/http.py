@@ -19,7 +19,13 @@ from starlette.types import Receive, Scope, Send
 
 from .chat import ChatRequest, parse_chat_request
 from .codec import dumps
-from .errors import INTERNAL_ERROR_BODY, GatewayError, InvalidRequestError, RequestTooLargeError
+from .errors import (
+    INTERNAL_ERROR_BODY,
+    GatewayError,
+    InvalidRequestError,
+    RequestTooLargeError,
+    UnsupportedMediaTypeError,
+)
 from .logs import bind_request_id, get_logger
 from .openapi import openapi_document
 from .service import Gateway
@@ -75,6 +81,8 @@ class GatewayApi:
         self.gateway = gateway
         self._max_request_bytes = gateway.config.max_request_bytes
         self._openapi_document: bytes | None = None
+        self._max_messages = gateway.config.max_messages
+        self._max_content_parts = gateway.config.max_content_parts
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> GatewayApi:
@@ -96,8 +104,11 @@ class GatewayApi:
         await self.gateway.aclose()
 
     async def _chat_completions(self, request: Request) -> Response:
+        require_json(request.headers.get("content-type"))
         body = await read_body(request, self._max_request_bytes)
-        chat = parse_chat_request(body)
+        chat = parse_chat_request(
+            body, max_messages=self._max_messages, max_content_parts=self._max_content_parts
+        )
         return await _while_connected(request, self._answer(chat))
 
     async def _answer(self, chat: ChatRequest) -> Response:
@@ -167,8 +178,39 @@ async def _respond(request: Request, handler: Handler) -> Response:
     return response
 
 
+def internal_error_response() -> JSONResponse:
+    return JSONResponse(INTERNAL_ERROR_BODY, status_code=500)
+
+
 def error_response(error: GatewayError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def require_json(content_type: str | None) -> None:
+    """Refuse with 415 a body not declared as `application/json` (a UTF-8 charset allowed):
+    every OpenAI client declares it, and a browser cannot send it cross-site without a CORS
+    preflight, unlike `text/plain` or a form."""
+    if content_type == "application/json":
+        return
+    media_type, _, parameters = (content_type or "").partition(";")
+    if media_type.strip().lower() != "application/json":
+        got = f"got {shown_header(content_type)}" if content_type else "it had none"
+        raise UnsupportedMediaTypeError(
+            f"The request body must be JSON, sent with the header Content-Type: application/json ({got})."
+        )
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise UnsupportedMediaTypeError(
+                f"The gateway reads JSON as UTF-8 (got {shown_header(content_type or '')}): send the header "
+                "Content-Type: application/json, with no charset or charset=utf-8."
+            )
+
+
+def shown_header(value: str, length: int = 100) -> str:
+    """A caller's header value as it may appear in a message: quoted, control characters
+    escaped, cut at `length` characters."""
+    return ascii(value[:length]) + ("…" if len(value) > length else "")
 
 
 async def read_body(request: Request, limit: int) -> bytes:

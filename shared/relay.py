@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .codec import loads
-from .config import EndpointConfig
+from .config import DEFAULT_MAX_EVENT_BYTES, EndpointConfig
 from .errors import INTERNAL_ERROR_BODY, GatewayError, UpstreamError
 from .formatters import ChatResult
 from .ids import completion_id
@@ -165,12 +165,13 @@ async def relay_chat(
     exchange: Exchange,
     observer: Observer,
     include_usage: bool,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
 ) -> AsyncIterator[bytes]:
     """The caller's events for the answer `opening` gives (awaited here, with keep-alives
     meanwhile). What `opening` holds is the caller's to release after the last event."""
     started = False
     try:
-        async for item in _events(opening, pacing, read_result, exchange, include_usage):
+        async for item in _events(opening, pacing, read_result, exchange, include_usage, max_event_bytes):
             if not started:
                 started = True
                 observer.first_chunk(exchange)
@@ -193,6 +194,7 @@ async def _events(
     read_result: ReadResult,
     exchange: Exchange,
     include_usage: bool,
+    max_event_bytes: int,
 ) -> AsyncIterator[bytes]:
     # Waiting for the answer (a dedicated endpoint's whole answer) may take long: it runs as a
     # task, and keep-alives go out meanwhile.
@@ -202,7 +204,9 @@ async def _events(
     endpoint, upstream = opened.result()
     ids = ChunkIds(endpoint.name)
     if "text/event-stream" in upstream.content_type:
-        async for events in _relayed(endpoint, upstream, ids, exchange, include_usage, pacing):
+        async for events in _relayed(
+            endpoint, upstream, ids, exchange, include_usage, pacing, max_event_bytes
+        ):
             yield events
         return
     # /score does not stream (nor does an endpoint that ignored "stream"): the same events,
@@ -223,12 +227,15 @@ async def _relayed(
     exchange: Exchange,
     include_usage: bool,
     pacing: Pacing,
+    max_event_bytes: int,
 ) -> AsyncIterator[bytes]:
     """The endpoint's chunks, normalized, then `[DONE]`: also when the endpoint ended a finished
     answer without one, but never after an answer cut short. The events of one read are sent
     in one write, as they came (but the first event at once, on its own)."""
     started = False
-    async for batch in _event_batches(upstream, pacing.wait_s):
+    async for batch in _event_batches(
+        upstream, pacing.wait_s, SSEDecoder(max_event_bytes, endpoint=endpoint.name)
+    ):
         if batch is None:
             yield pacing.keepalive()
             continue
@@ -237,6 +244,7 @@ async def _relayed(
             if data.strip() == "[DONE]":
                 pacing.sent()
                 yield b"".join(events) + DONE
+                await upstream.drain()  # the connection goes back to the pool
                 return
             try:
                 chunk = normalized_chunk(loads(data), ids, exchange, include_usage=include_usage)
@@ -269,12 +277,13 @@ async def _relayed(
     yield DONE
 
 
-async def _event_batches(upstream: Answer, wait_s: Callable[[], float]) -> AsyncIterator[list[str] | None]:
+async def _event_batches(
+    upstream: Answer, wait_s: Callable[[], float], decoder: SSEDecoder
+) -> AsyncIterator[list[str] | None]:
     """The data of the events completed by each read (the last one included if it lacks its
     blank line), and None for each wait of `wait_s()` seconds that read nothing. The first
     read's first event comes alone, so that it reaches the caller before the rest is parsed
     (an endpoint may send its whole answer in one read)."""
-    decoder = SSEDecoder()
     first = True
     async for raw in upstream.chunks(wait_s):
         if not raw:

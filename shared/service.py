@@ -10,7 +10,7 @@ from .api_type import ApiType
 from .chat import ChatRequest, chat_completion
 from .config import EndpointConfig, GatewayConfig, load_config
 from .credentials import Credential, Credentials
-from .errors import InvalidRequestError, ResponseFormatError, UpstreamTimeoutError
+from .errors import ResponseFormatError, UpstreamTimeoutError
 from .formatters import ChatResult
 from .logs import current_request_id, get_logger
 from .observe import NO_OBSERVER, Exchange, Observer
@@ -37,7 +37,7 @@ class Gateway:
         self.config = config
         self._credentials = credentials or Credentials(settings=config.credentials)
         self._credentials.observe(observer)
-        self._transport: Sender = transport or Transport()
+        self._transport: Sender = transport or Transport(max_response_bytes=config.max_response_bytes)
         self._observer = observer
         self.pipeline = Pipeline(config, self._credentials, self._transport, observer)
         self._model_list = {
@@ -105,6 +105,7 @@ class Gateway:
                     exchange=exchange,
                     observer=self._observer,
                     include_usage=request.include_usage,
+                    max_event_bytes=self.config.max_event_bytes,
                 ):
                     yield item
         except BaseException as exc:
@@ -114,12 +115,6 @@ class Gateway:
             self._observer.request_ended(exchange, error)
 
     def _start(self, request: ChatRequest) -> tuple[Target, Exchange]:
-        if len(request.messages) > self.config.max_messages:
-            raise InvalidRequestError(
-                f"messages: this gateway takes at most {self.config.max_messages} messages "
-                f"(max_messages); got {len(request.messages)}",
-                param="messages",
-            )
         endpoint = self.pipeline.endpoint_for(request.model)
         exchange = Exchange("chat", endpoint.name, request.stream, current_request_id())
         self._observer.request_started(exchange)

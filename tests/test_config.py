@@ -211,7 +211,7 @@ def test_load_from_a_file(tmp_path):
 def test_key_vault_auth_needs_key_vault_url():
     with pytest.raises(ConfigError, match="type 'key_vault' needs the app setting KEY_VAULT_URL"):
         load_config({"GATEWAY_CONFIG": document()})
-    assert load_config({"GATEWAY_CONFIG": document(), "KEY_VAULT_URL": "https://v.vault.azure.net/"})
+    assert load_config({"GATEWAY_CONFIG": document(), "KEY_VAULT_URL": "https://kv-example.vault.azure.net/"})
 
 
 def test_env_auth_needs_its_variable_and_is_logged_as_local_only(caplog):
