@@ -158,7 +158,8 @@ def test_example_settings_serve_make_devs_configuration(example_settings):
 def test_func_start_has_its_own_port_and_the_guides_urls_use_it(guide_commands, example_settings):
     port = example_settings["Host"]["LocalHttpPort"]
     dev = (ROOT / "scripts" / "dev.py").read_text()
-    make_dev_ports = {int(p) for p in re.search(r"GATEWAY_PORT, EMULATOR_PORT = (\d+), (\d+)", dev).groups()}
+    defaults = re.search(r'DEFAULT_PORTS = \{"GATEWAY_PORT": (\d+), "EMULATOR_PORT": (\d+)\}', dev)
+    make_dev_ports = {int(p) for p in defaults.groups()}
     assert port not in make_dev_ports
     assert "func start" in guide_commands
     urls = re.findall(r"http://127\.0\.0\.1:(\d+)/api", "\n".join(guide_commands))
