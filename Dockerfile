@@ -20,4 +20,4 @@ USER 10001
 
 EXPOSE 7071
 # shared.asgi.server_command with --host 0.0.0.0: reachable through the container's port.
-CMD ["python", "-m", "uvicorn", "--factory", "shared.asgi:create_app", "--host", "0.0.0.0", "--port", "7071", "--no-proxy-headers", "--no-server-header"]
+CMD ["python", "-m", "uvicorn", "--factory", "shared.asgi:create_app", "--host", "0.0.0.0", "--port", "7071", "--no-proxy-headers", "--no-server-header", "--http", "shared.uvicorn_protocol:BoundedHttpToolsProtocol", "--ws", "none", "--lifespan", "on"]

@@ -29,6 +29,7 @@ dev: $(VENV)/.installed-runtime  ## the gateway on http://127.0.0.1:$(GATEWAY_PO
 test: $(VENV)/.installed  ## types and lint, the whole test suite, then the offline checks of infra/
 	$(PY) -m mypy
 	$(PY) -m ruff check --quiet .
+	$(PY) -m tests.functions_runtime.venv
 	$(PY) -m pytest
 	bash scripts/check_infra.sh
 
@@ -39,4 +40,4 @@ bench: $(VENV)/.installed  ## the benchmark: bench/results/latest/benchmark.{jso
 	$(PY) bench/run.py $(if $(UPDATE),--update)
 
 clean:
-	rm -rf $(VENV) .venv-checkov .pytest_cache
+	rm -rf $(VENV) .venv-checkov .venv313 .venv313-dev .pytest_cache

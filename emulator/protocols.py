@@ -40,6 +40,8 @@ TOOL_CHOICE_MODES = ("none", "auto", "required")
 RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
 MAX_CHOICES = 128  # OpenAI's limit on n
 MAX_TOP_LOGPROBS = 20
+#: Model names (lower case) that answer with `reasoning_content`, as reasoning models do.
+REASONING_MODEL_MARKERS = ("-r1", "reasoning")
 # Streamed tool-call arguments arrive in pieces of at most this many characters.
 ARGUMENTS_PIECE_CHARS = 8
 
@@ -277,6 +279,15 @@ def _smallest_limit(container: Mapping[str, Any], names: tuple[str, ...], where:
 # --- answers -------------------------------------------------------------------------
 
 
+def reasoning_for(model: str, reply: Reply) -> str | None:
+    """The `reasoning_content` a reasoning model (its name ends in ``-R1`` or has
+    ``reasoning`` in it) sends before a text answer; None for other models and tool calls."""
+    name = model.lower()
+    if reply.tool_call is not None or not (name.endswith("-r1") or "reasoning" in name):
+        return None
+    return f"The user wrote {len(reply.text.split())} words back; I echo them."
+
+
 def chat_completion(
     reply: Reply,
     *,
@@ -285,11 +296,15 @@ def chat_completion(
     model: str,
     choices: int = 1,
     top_logprobs: int | None = None,
+    reasoning: str | None = None,
 ) -> dict[str, Any]:
     """An OpenAI-style ``chat.completion`` body with ``choices`` copies of ``reply``; a
     tool-call reply's message has ``"content": null`` and one ``tool_calls`` entry. With
-    ``top_logprobs`` (not None), each choice has a ``logprobs`` object of its content."""
+    ``top_logprobs`` (not None), each choice has a ``logprobs`` object of its content; with
+    ``reasoning``, the message has it as ``reasoning_content``."""
     message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
     if reply.tool_call is not None:
         message = {"role": "assistant", "content": None, "tool_calls": [reply.tool_call.to_json()]}
     logprobs = None
@@ -328,6 +343,7 @@ def stream_events(
     include_usage: bool,
     choices: int = 1,
     top_logprobs: int | None = None,
+    reasoning: str | None = None,
 ) -> list[bytes]:
     """The SSE events of a streamed ``chat.completion.chunk`` answer, without ``[DONE]``.
 
@@ -343,7 +359,8 @@ def stream_events(
     With ``choices`` > 1, each chunk carries one choice, and the choices take turns: the
     role chunks of choices 0 to n-1, then their first pieces, and so on. With
     ``top_logprobs`` (not None), every chunk but the finish chunk carries a ``logprobs``
-    object of the tokens in its delta (an empty list when it has none).
+    object of the tokens in its delta (an empty list when it has none). With ``reasoning``,
+    one ``reasoning_content`` chunk per word of it comes before the first content chunk.
     """
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
@@ -368,6 +385,9 @@ def stream_events(
 
         if reply.tool_call is None:
             events = [choice({"role": "assistant", "content": ""}, logprobs_of([]))]
+            events += [
+                choice({"reasoning_content": piece}, logprobs_of([])) for piece in pieces(reasoning or "")
+            ]
             events += [
                 choice({"content": piece}, logprobs_of([piece], position))
                 for position, piece in enumerate(pieces(reply.text))

@@ -25,12 +25,14 @@ from .protocols import (
     dedicated_answer,
     parse_dedicated,
     parse_serverless,
+    reasoning_for,
     stream_events,
 )
+from .url_forms import COGNITIVE_REFUSAL, MODEL_MISSING, UrlForm, apply_extra_parameters
 
 REDACTED = "<redacted>"
-# Header (and query parameter) names whose values may carry a credential. Only
-# `authorization` is how clients send the key; the others are redacted just in case.
+# Header (and query parameter) names whose values may carry a credential: `authorization`
+# and `api-key` carry keys (which one depends on the URL form); the others are redacted just in case.
 SENSITIVE_NAMES = frozenset(
     {
         "authorization",
@@ -79,7 +81,8 @@ class RecordedRequest:
 class Emulator:
     """An in-process imitation of Azure ML online endpoints (dedicated and serverless).
 
-    ``app`` serves both protocols behind the Bearer ``key``; ``requests`` records every
+    ``app`` serves both protocols behind ``key``, sent in the header each URL form takes
+    (see :mod:`emulator.url_forms`), and Entra tokens given to ``allow_token``; ``requests`` records every
     scoring request in arrival order; ``add_fault`` scripts misbehaviour for the next ones;
     ``open_streams`` counts the streamed answers being written right now.
     All state lives on the event loop that runs ``app``: touch it from that loop only.
@@ -93,7 +96,8 @@ class Emulator:
             raise ValueError(f"dedicated_shape must be one of {choices}, not {dedicated_shape!r}")
         if stream_delay_s < 0:
             raise ValueError("stream_delay_s must not be negative")
-        self._expected_authorization = f"Bearer {key}".encode()
+        self._key = key.encode()
+        self._tokens: set[bytes] = set()
         self._dedicated_shape = cast(DedicatedShape, dedicated_shape)
         self._stream_delay_s = stream_delay_s
         self._faults = FaultQueue()
@@ -119,7 +123,14 @@ class Emulator:
         """Accept only `key` from now on, as after a key rotation on a real endpoint."""
         if not key:
             raise ValueError("key must be a non-empty string")
-        self._expected_authorization = f"Bearer {key}".encode()
+        self._key = key.encode()
+
+    def allow_token(self, token: str) -> None:
+        """Accept `token` as an Entra ID token, `Authorization: Bearer <token>`, on every URL
+        form (Azure takes tokens in that header everywhere, keys only where the form says)."""
+        if not token:
+            raise ValueError("token must be a non-empty string")
+        self._tokens.add(f"Bearer {token}".encode())
 
     def add_fault(self, fault: Fault) -> None:
         """Apply a copy of ``fault`` to the next ``fault.times`` scoring requests it matches."""
@@ -140,8 +151,13 @@ class Emulator:
         app.router.add_post("/_emulator/faults", self._add_faults)
         for path in ("/score", "/{prefix:.*}/score"):
             app.router.add_post(path, self._score)
-        # Serverless, at the OpenAI-style path and at Azure AI Foundry's unified one.
+        # Serverless: Azure OpenAI / Foundry's own forms first (their paths also end in
+        # /v1/chat/completions), then the OpenAI-style path and the model inference API's.
         for path in (
+            "/openai/v1/chat/completions",
+            "/{prefix:.*}/openai/v1/chat/completions",
+            "/openai/deployments/{deployment}/chat/completions",
+            "/{prefix:.*}/openai/deployments/{deployment}/chat/completions",
             "/v1/chat/completions",
             "/{prefix:.*}/v1/chat/completions",
             "/models/chat/completions",
@@ -190,7 +206,7 @@ class Emulator:
         """Record, then fault, then key check, then the protocol's own answer."""
         raw_body = await request.read()
         body = _json_or_none(raw_body)
-        authorized = self._is_authorized(request)
+        authorized = self._is_authorized(request, UrlForm.of(request.path))
         if len(self.requests) >= MAX_RECORDED:  # bounded memory under benchmarks and make dev
             del self.requests[: MAX_RECORDED // 2]
         self.requests.append(_record(request, raw_body, body, authorized))
@@ -200,12 +216,20 @@ class Emulator:
             if response is not None:
                 return response
         if not authorized:
-            return _error(401, "Unauthorized", "invalid or missing key")
+            form = UrlForm.of(request.path)
+            if form is UrlForm.AZUREML:
+                return _error(401, "Unauthorized", "invalid or missing key")
+            return _error(401, "401", COGNITIVE_REFUSAL)
         return await answer(request, body, fault)
 
-    def _is_authorized(self, request: web.Request) -> bool:
-        sent = request.headers.get("Authorization", "").encode()
-        return hmac.compare_digest(sent, self._expected_authorization)
+    def _is_authorized(self, request: web.Request, form: UrlForm) -> bool:
+        authorization = request.headers.get("Authorization", "").encode()
+        if any(hmac.compare_digest(authorization, token) for token in self._tokens):
+            return True
+        if "authorization" in form.key_headers and hmac.compare_digest(authorization, b"Bearer " + self._key):
+            return True
+        api_key = request.headers.get("api-key", "").encode()
+        return "api-key" in form.key_headers and hmac.compare_digest(api_key, self._key)
 
     async def _answer_dedicated(
         self, request: web.Request, body: Any, fault: Fault | None
@@ -226,11 +250,24 @@ class Emulator:
     async def _answer_serverless(
         self, request: web.Request, body: Any, fault: Fault | None
     ) -> web.StreamResponse:
+        form = UrlForm.of(request.path)
+        missing = form.missing_query(request.query)
+        if missing:
+            return _error(404, "404", f"Resource not found ({missing})")
+        if form.needs_model and isinstance(body, dict) and not body.get("model"):
+            return _error(400, "BadRequest", MODEL_MISSING, status_field=True)
+        body, problem = apply_extra_parameters(form, body, request.headers.get("extra-parameters"))
+        if problem:
+            return _error(422, "Invalid input", problem, status_field=True)
+        deployment = request.match_info.get("deployment")
+        if deployment and isinstance(body, dict) and "model" not in body:
+            body = {**body, "model": deployment}
         try:
             call = parse_serverless(body)
             reply = call.reply()
         except BadRequest as exc:
             return _error(400, "Bad Request", str(exc), status_field=True)
+        reasoning = reasoning_for(call.model, reply)
         completion_id, created = _completion_id(), _now()
         if not call.stream:
             return web.json_response(
@@ -241,6 +278,7 @@ class Emulator:
                     model=call.model,
                     choices=call.choices,
                     top_logprobs=call.top_logprobs,
+                    reasoning=reasoning,
                 )
             )
         events = stream_events(
@@ -251,6 +289,7 @@ class Emulator:
             include_usage=call.include_usage,
             choices=call.choices,
             top_logprobs=call.top_logprobs,
+            reasoning=reasoning,
         )
         break_after = fault.break_stream_after if fault is not None else None
         return await self._stream(request, events, break_after=break_after)

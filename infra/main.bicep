@@ -44,15 +44,15 @@ param instanceMemoryMB int = 2048
 @maxValue(1000)
 param httpPerInstanceConcurrency int = 0
 
-@description('Always-ready (pre-started, billed even when idle) instances for the HTTP functions, against cold starts; 0 scales to zero.')
+@description('Always-ready (pre-started, billed even when idle) instances for the HTTP functions, against cold starts; 0 scales to zero. With zoneRedundant, at least 2 (see there).')
 @minValue(0)
 @maxValue(20)
 param alwaysReadyInstances int = 0
 
-@description('Zone-redundant Flex Consumption plan; only in regions where Flex supports availability zones.')
+@description('Zone-redundant Flex Consumption plan, only in regions where Flex supports availability zones. It costs more than the plan: the host storage becomes Standard_ZRS (whatever storageSkuName says), and the platform keeps at least 2 always-ready instances of the HTTP functions, billed even when idle (the app never scales to zero), so alwaysReadyInstances below 2 is deployed as 2.')
 param zoneRedundant bool = false
 
-@description('Replication of the host storage account: Standard_LRS (every region) or Standard_ZRS (regions with availability zones).')
+@description('Replication of the host storage account when zoneRedundant is false: Standard_LRS (every region) or Standard_ZRS (regions with availability zones). Zone redundancy always uses Standard_ZRS.')
 @allowed([
   'Standard_LRS'
   'Standard_ZRS'
@@ -94,14 +94,30 @@ param principalType string = 'User'
 @description('Name of an existing Key Vault to use instead of creating one. Only the app identity\'s Key Vault Secrets User role is created on it. Empty: create a vault.')
 param existingKeyVaultName string = ''
 
-@description('Resource group of existingKeyVaultName. Empty: this resource group.')
+@description('Resource group of existingKeyVaultName; ignored when a vault is created here (existingKeyVaultName empty). Empty: this resource group.')
 param existingKeyVaultResourceGroup string = ''
+
+@description('With vnetEnabled: public IP addresses or CIDR ranges (e.g. [\'203.0.113.7/32\']) let through the firewall of a vault created here, for an operator who sets secrets from outside the VNet. Empty: the vault has no public endpoint at all. The rules live in the parameters, so a later deployment keeps or removes them only as its parameters say.')
+param keyVaultAllowedIpRules array = []
 
 @description('Optional name of an existing Azure Machine Learning workspace whose managed online endpoints use aad_token auth (gateway "auth": {"type": "entra"}): the app identity gets AzureML Data Scientist on it. Empty: no role.')
 param amlWorkspaceName string = ''
 
 @description('Resource group of amlWorkspaceName. Empty: this resource group.')
 param amlWorkspaceResourceGroup string = ''
+
+@description('Optional name of an existing Azure AI Foundry (AIServices) or Azure OpenAI resource called with Entra tokens (gateway "auth": {"type": "entra"}): the app identity gets foundryRoleName on it. Empty: no role.')
+param foundryAccountName string = ''
+
+@description('Resource group of foundryAccountName. Empty: this resource group.')
+param foundryAccountResourceGroup string = ''
+
+@description('Role on foundryAccountName: Cognitive Services OpenAI User (OpenAI models) or Cognitive Services User (also the other models of a Foundry resource).')
+@allowed([
+  'Cognitive Services OpenAI User'
+  'Cognitive Services User'
+])
+param foundryRoleName string = 'Cognitive Services OpenAI User'
 
 @description('Days the Log Analytics workspace keeps logs.')
 @minValue(30)
@@ -141,8 +157,14 @@ var newKeyVaultName = !empty(keyVaultName) ? keyVaultName : '${abbrs.keyVaultVau
 var deploymentContainerName = toLower('app-package-${take(appName, 32)}-${take(resourceToken, 7)}')
 
 var createKeyVault = empty(existingKeyVaultName)
-var keyVaultResourceGroupName = empty(existingKeyVaultResourceGroup) ? resourceGroup().name : existingKeyVaultResourceGroup
+// Another resource group only for an existing vault: a vault created here is in this one.
+var keyVaultResourceGroupName = (createKeyVault || empty(existingKeyVaultResourceGroup)) ? resourceGroup().name : existingKeyVaultResourceGroup
+// Zone redundancy needs zone-redundant host storage, and the platform keeps two always-ready
+// instances per group anyway: deploy what will be billed, visibly.
+var hostStorageSkuName = zoneRedundant ? 'Standard_ZRS' : storageSkuName
+var alwaysReadyCount = zoneRedundant ? max(alwaysReadyInstances, 2) : alwaysReadyInstances
 var amlResourceGroupName = empty(amlWorkspaceResourceGroup) ? resourceGroup().name : amlWorkspaceResourceGroup
+var foundryResourceGroupName = empty(foundryAccountResourceGroup) ? resourceGroup().name : foundryAccountResourceGroup
 
 // ---------------------------------------------------------------------------------------------
 // Resources
@@ -173,7 +195,7 @@ module storage 'modules/storage.bicep' = {
     tags: allTags
     storageAccountName: hostStorageName
     deploymentContainerName: deploymentContainerName
-    skuName: storageSkuName
+    skuName: hostStorageSkuName
     vnetEnabled: vnetEnabled
   }
 }
@@ -185,6 +207,7 @@ module keyVault 'modules/keyvault.bicep' = if (createKeyVault) {
     tags: allTags
     keyVaultName: newKeyVaultName
     vnetEnabled: vnetEnabled
+    allowedIpRules: keyVaultAllowedIpRules
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
   }
 }
@@ -203,7 +226,8 @@ module network 'modules/network.bicep' = if (vnetEnabled) {
     vnetName: vnetName
     privateEndpointPrefix: abbrs.networkPrivateEndpoints
     storageAccountId: storage.outputs.storageAccountId
-    keyVaultId: createKeyVault ? keyVault.outputs.keyVaultId : ''
+    // `!`: each read of a conditional module's outputs is guarded by that module's condition.
+    keyVaultId: createKeyVault ? keyVault!.outputs.keyVaultId : ''
   }
 }
 
@@ -221,7 +245,7 @@ module keyVaultAccess 'modules/rbac-keyvault.bicep' = {
   name: 'rbac-keyvault-${resourceToken}'
   scope: resourceGroup(keyVaultResourceGroupName)
   params: {
-    keyVaultName: createKeyVault ? keyVault.outputs.keyVaultName : existingKeyVaultName
+    keyVaultName: createKeyVault ? keyVault!.outputs.keyVaultName : existingKeyVaultName
     identityPrincipalId: identity.properties.principalId
     operatorPrincipalId: createKeyVault ? principalId : ''
     operatorPrincipalType: principalType
@@ -234,6 +258,16 @@ module amlAccess 'modules/rbac-aml.bicep' = if (!empty(amlWorkspaceName)) {
   params: {
     amlWorkspaceName: amlWorkspaceName
     identityPrincipalId: identity.properties.principalId
+  }
+}
+
+module foundryAccess 'modules/rbac-foundry.bicep' = if (!empty(foundryAccountName)) {
+  name: 'rbac-foundry-${resourceToken}'
+  scope: resourceGroup(foundryResourceGroupName)
+  params: {
+    accountName: foundryAccountName
+    identityPrincipalId: identity.properties.principalId
+    roleName: foundryRoleName
   }
 }
 
@@ -250,26 +284,27 @@ module functionApp 'modules/function.bicep' = {
     deploymentContainerName: storage.outputs.deploymentContainerName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
-    keyVaultUri: createKeyVault ? keyVault.outputs.keyVaultUri : existingKeyVault.properties.vaultUri
+    keyVaultUri: createKeyVault ? keyVault!.outputs.keyVaultUri : existingKeyVault.properties.vaultUri
     gatewayConfig: gatewayConfig
     pythonVersion: pythonVersion
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
     httpPerInstanceConcurrency: httpPerInstanceConcurrency
-    alwaysReadyInstances: alwaysReadyInstances
+    alwaysReadyInstances: alwaysReadyCount
     zoneRedundant: zoneRedundant
     allowedCorsOrigins: allowedCorsOrigins
     enableEasyAuth: enableEasyAuth
     easyAuthClientId: easyAuthClientId
     easyAuthAllowedAudiences: easyAuthAllowedAudiences
     easyAuthAllowedApplications: easyAuthAllowedApplications
-    appSubnetId: vnetEnabled ? network.outputs.appSubnetId : ''
+    appSubnetId: vnetEnabled ? network!.outputs.appSubnetId : ''
   }
-  // Every role of the identity exists before the app starts (storage, telemetry, vault, AML).
+  // Every role of the identity exists before the app starts (storage, telemetry, vault, AML, Foundry).
   dependsOn: [
     rbac
     keyVaultAccess
     amlAccess
+    foundryAccess
   ]
 }
 
@@ -284,5 +319,5 @@ output AZURE_FUNCTION_NAME string = functionApp.outputs.functionAppName
 output AZURE_FUNCTION_URL string = 'https://${functionApp.outputs.defaultHostName}/api'
 output AZURE_CLIENT_ID string = identity.properties.clientId
 output AZURE_PRINCIPAL_ID string = identity.properties.principalId
-output KEY_VAULT_NAME string = createKeyVault ? keyVault.outputs.keyVaultName : existingKeyVaultName
-output KEY_VAULT_URL string = createKeyVault ? keyVault.outputs.keyVaultUri : existingKeyVault.properties.vaultUri
+output KEY_VAULT_NAME string = createKeyVault ? keyVault!.outputs.keyVaultName : existingKeyVaultName
+output KEY_VAULT_URL string = createKeyVault ? keyVault!.outputs.keyVaultUri : existingKeyVault.properties.vaultUri

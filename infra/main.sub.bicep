@@ -42,15 +42,15 @@ param instanceMemoryMB int = 2048
 @maxValue(1000)
 param httpPerInstanceConcurrency int = 0
 
-@description('Always-ready (billed) instances for the HTTP functions; 0 scales to zero.')
+@description('Always-ready (billed) instances for the HTTP functions; 0 scales to zero. With zoneRedundant, at least 2.')
 @minValue(0)
 @maxValue(20)
 param alwaysReadyInstances int = 0
 
-@description('Zone-redundant Flex Consumption plan (regions with availability zones only).')
+@description('Zone-redundant Flex Consumption plan (regions with availability zones only). Costs more: Standard_ZRS host storage, and at least 2 always-ready instances billed even when idle (see main.bicep).')
 param zoneRedundant bool = false
 
-@description('Replication of the host storage account.')
+@description('Replication of the host storage account when zoneRedundant is false (zone redundancy uses Standard_ZRS).')
 @allowed([
   'Standard_LRS'
   'Standard_ZRS'
@@ -92,14 +92,30 @@ param principalType string = 'User'
 @description('Name of an existing Key Vault to use instead of creating one.')
 param existingKeyVaultName string = ''
 
-@description('Resource group of existingKeyVaultName. Empty: the resource group created here.')
+@description('Resource group of existingKeyVaultName; ignored when a vault is created. Empty: the resource group created here.')
 param existingKeyVaultResourceGroup string = ''
+
+@description('With vnetEnabled: public IP addresses or CIDR ranges let through the firewall of a vault created here (see main.bicep). Empty: no public endpoint.')
+param keyVaultAllowedIpRules array = []
 
 @description('Optional Azure ML workspace whose aad_token endpoints the app may score (AzureML Data Scientist).')
 param amlWorkspaceName string = ''
 
 @description('Resource group of amlWorkspaceName. Empty: the resource group created here.')
 param amlWorkspaceResourceGroup string = ''
+
+@description('Optional Azure AI Foundry or Azure OpenAI resource the app may call with Entra tokens (foundryRoleName).')
+param foundryAccountName string = ''
+
+@description('Resource group of foundryAccountName. Empty: the resource group created here.')
+param foundryAccountResourceGroup string = ''
+
+@description('Role on foundryAccountName: Cognitive Services OpenAI User or Cognitive Services User.')
+@allowed([
+  'Cognitive Services OpenAI User'
+  'Cognitive Services User'
+])
+param foundryRoleName string = 'Cognitive Services OpenAI User'
 
 @description('Days the Log Analytics workspace keeps logs.')
 @minValue(30)
@@ -154,8 +170,12 @@ module gateway 'main.bicep' = {
     principalType: principalType
     existingKeyVaultName: existingKeyVaultName
     existingKeyVaultResourceGroup: existingKeyVaultResourceGroup
+    keyVaultAllowedIpRules: keyVaultAllowedIpRules
     amlWorkspaceName: amlWorkspaceName
     amlWorkspaceResourceGroup: amlWorkspaceResourceGroup
+    foundryAccountName: foundryAccountName
+    foundryAccountResourceGroup: foundryAccountResourceGroup
+    foundryRoleName: foundryRoleName
     logRetentionInDays: logRetentionInDays
     functionAppName: functionAppName
     keyVaultName: keyVaultName

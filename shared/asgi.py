@@ -4,7 +4,8 @@
 
 Configured by the same environment variables as the Azure Functions app. Also how the gateway
 runs in a container. It checks no caller credential: bind it to 127.0.0.1, or put it behind
-something that does.
+something that does. It answers only requests whose `Host` names it (see `shared.guard`), and
+`server_command` bounds what one caller can hold (see `shared.uvicorn_protocol`).
 """
 
 from __future__ import annotations
@@ -18,17 +19,19 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import GatewayError, MethodNotAllowedError, NotFoundError
-from .http import REQUEST_ID_HEADER, GatewayApi, error_response
+from .config import GatewayConfig
+from .errors import ConfigError, GatewayError, MethodNotAllowedError, NotFoundError
+from .guard import HostGuard, OpenAICORSMiddleware
+from .http import REQUEST_ID_HEADER, GatewayApi, error_response, internal_error_response
 from .logs import bind_request_id
 from .routes import ROUTES, describe_routes
 from .runtime import tune_gc
+from .uvicorn_protocol import LIMITS_STATE_KEY
 
 #: The example front-end: streams an answer with plain fetch and SSE parsing.
 CHAT_PAGE = Path(__file__).parent / "web" / "chat.html"
@@ -37,7 +40,8 @@ CHAT_PAGE = Path(__file__).parent / "web" / "chat.html"
 def server_command(port: int, *options: str, host: str = "127.0.0.1") -> list[str]:
     """The command line that serves `create_app` with uvicorn (as `make dev` runs it). The
     gateway reads no client address and need not name its server, so uvicorn's proxy-headers
-    middleware and `server` header are left out."""
+    middleware and `server` header are left out; it serves no WebSocket. Its HTTP protocol
+    bounds what one caller can hold (`local_server` in the configuration)."""
     return [
         sys.executable,
         "-m",
@@ -50,14 +54,25 @@ def server_command(port: int, *options: str, host: str = "127.0.0.1") -> list[st
         str(port),
         "--no-proxy-headers",
         "--no-server-header",
+        "--http",
+        "shared.uvicorn_protocol:BoundedHttpToolsProtocol",
+        "--ws",
+        "none",
+        "--lifespan",
+        "on",
         *options,
     ]
 
 
 def create_app(environ: Mapping[str, str] | None = None) -> ASGIApp:
-    """Build the app; the configuration is loaded and validated here, once."""
+    """Build the app; the configuration is loaded and validated here, once. A configuration
+    that cannot work stops the process with the message alone, no traceback."""
     _configure_logging()
-    api = GatewayApi.from_environ(os.environ if environ is None else environ)
+    try:
+        api = GatewayApi.from_environ(os.environ if environ is None else environ)
+    except ConfigError as exc:
+        logging.getLogger("gateway.config").critical("%s", exc)
+        raise SystemExit(1) from None
     app = build_app(api)
     tune_gc()
     return app
@@ -65,8 +80,9 @@ def create_app(environ: Mapping[str, str] | None = None) -> ASGIApp:
 
 def build_app(api: GatewayApi) -> ASGIApp:
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
+        # The server's HTTP protocol reads its limits from the lifespan state.
+        yield {LIMITS_STATE_KEY: api.gateway.config.local_server}
         await api.aclose()
 
     chat_page = HTMLResponse(CHAT_PAGE.read_bytes())
@@ -80,9 +96,11 @@ def build_app(api: GatewayApi) -> ASGIApp:
             *(Route(route.url_path, getattr(api, route.handler), methods=[route.method]) for route in ROUTES),
             Route("/", chat, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: _routing_error},
+        exception_handlers={HTTPException: _routing_error, Exception: _internal_error},
         lifespan=lifespan,
     )
+    # A redirect to the same path with a slash would go to whatever host the `Host` header names.
+    starlette.router.redirect_slashes = False
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         # The API routes are looked up in a dict and answered directly: their handlers catch
@@ -98,18 +116,23 @@ def build_app(api: GatewayApi) -> ASGIApp:
         response = await handler(Request(scope, receive, send))
         await response(scope, receive, send)
 
-    cors = api.gateway.config.cors
-    if not cors.allowed_origins:
-        return app
-    return CORSMiddleware(
-        app,
-        allow_origins=cors.allowed_origins,
-        allow_methods=["GET", "POST"],
-        allow_headers=["*"],
-        allow_credentials=cors.allow_credentials,
-        expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
-        max_age=cors.max_age_s,
-    )
+    return _answering_browsers(app, api.gateway.config)
+
+
+def _answering_browsers(app: ASGIApp, config: GatewayConfig) -> ASGIApp:
+    """CORS for the configured origins, and only requests whose `Host` names this server."""
+    cors = config.cors
+    if cors.allowed_origins:
+        app = OpenAICORSMiddleware(
+            app,
+            allow_origins=cors.allowed_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            allow_credentials=cors.allow_credentials,
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+            max_age=cors.max_age_s,
+        )
+    return HostGuard(app, config.allowed_hosts)
 
 
 async def _routing_error(request: Request, exc: Exception) -> Response:
@@ -122,6 +145,12 @@ async def _routing_error(request: Request, exc: Exception) -> Response:
             f"No route {request.url.path}; the gateway serves {describe_routes()} (and its chat page at GET /)."
         )
     response = error_response(error)
+    response.headers[REQUEST_ID_HEADER] = bind_request_id(request.headers.get(REQUEST_ID_HEADER))
+    return response
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    response = internal_error_response()
     response.headers[REQUEST_ID_HEADER] = bind_request_id(request.headers.get(REQUEST_ID_HEADER))
     return response
 

@@ -101,21 +101,29 @@ class ChatRequest:
     include_usage: bool = False
 
 
-def parse_chat_request(body: bytes) -> ChatRequest:
-    """Parse and validate a request body; raise `InvalidRequestError` naming the bad field."""
+def parse_chat_request(
+    body: bytes, *, max_messages: int | None = None, max_content_parts: int | None = None
+) -> ChatRequest:
+    """Parse and validate a request body; raise `InvalidRequestError` naming the bad field.
+
+    Too many messages or content parts are refused on the parsed JSON, before the model is built:
+    validating them would cost far more than counting them.
+    """
     try:
-        request = ChatCompletionRequest.model_validate_json(body)
+        sent = from_json(body)
+    except ValueError as exc:
+        raise InvalidRequestError(f"The request body is not valid JSON: Invalid JSON: {exc}.") from None
+    if not isinstance(sent, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    check_counts(sent.get("messages"), max_messages, max_content_parts)
+    try:
+        request = ChatCompletionRequest.model_validate(sent)
     except ValidationError as exc:
         # Of a union's alternatives, the deepest error is the one about what the caller meant.
         error = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))
-        if error["type"] == "json_invalid":
-            raise InvalidRequestError(f"The request body is not valid JSON: {error['msg']}.") from None
-        if error["type"] == "model_type" and not error["loc"]:
-            raise InvalidRequestError("The request body must be a JSON object.") from None
-        param = _param(error["loc"])
-        raise InvalidRequestError(f"{param}: {_message(error)}", param=param) from None
-    # Forward the caller's own JSON rather than a re-serialized model: faster, and exactly as sent.
-    sent = from_json(body)
+        param = field_path(error["loc"])
+        raise InvalidRequestError(f"{param}: {field_message(error)}", param=param) from None
+    # Forward the caller's own JSON rather than a re-serialized model: exactly as sent.
     return ChatRequest(
         model=request.model,
         messages=sent["messages"],
@@ -125,7 +133,35 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     )
 
 
-def _param(loc: tuple[Any, ...]) -> str:
+def check_counts(
+    messages: Any, max_messages: int | None, max_content_parts: int | None, *, param: str = "messages"
+) -> None:
+    """Refuse more than `max_messages` messages (or input items) or `max_content_parts` content
+    parts over all of them, counted on the parsed JSON before any validation: a body of many
+    tiny items costs a parse, not a model per item."""
+    if not isinstance(messages, list):
+        return  # the model says what is wrong with it
+    if max_messages is not None and len(messages) > max_messages:
+        raise InvalidRequestError(
+            f"{param}: this gateway takes at most {max_messages} messages (max_messages); got {len(messages)}",
+            param=param,
+        )
+    if max_content_parts is None:
+        return
+    parts = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            parts += len(content)
+    if parts > max_content_parts:
+        raise InvalidRequestError(
+            f"{param}: this gateway takes at most {max_content_parts} content parts over all "
+            f"messages (max_content_parts); got {parts}",
+            param=param,
+        )
+
+
+def field_path(loc: tuple[Any, ...]) -> str:
     """`messages[0].content[1].text` from pydantic's location, without its union labels."""
     text, after_tagged_union = "", False
     for part in loc:
@@ -142,7 +178,7 @@ def _param(loc: tuple[Any, ...]) -> str:
     return text
 
 
-def _message(error: ErrorDetails) -> str:
+def field_message(error: ErrorDetails) -> str:
     if error["type"] == "missing":
         return "is required"
     if error["type"] == "too_short" and error["loc"] == ("messages",):

@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -21,13 +22,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from .api_type import ApiType
-from .credentials import PROVIDERS, Auth, CredentialSettings, EnvAuth
+from .credentials import PROVIDERS, Auth, CredentialSettings, EnvAuth, KeyAuthSettings
 from .errors import ConfigError
 from .formatters import BUILTIN_FORMATTERS, ContentFormatterBase
+from .url_forms import form_problem, form_warning, with_url_defaults
 
 logger = logging.getLogger("gateway.config")
 
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+#: Auth types whose key goes in the header `auth.header` names.
+_KEY_AUTH_TYPES = frozenset(name for name, p in PROVIDERS.items() if issubclass(p.settings, KeyAuthSettings))
+#: The most an endpoint's whole answer may hold, counted after decompression.
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+#: The most one event of an endpoint's stream may hold.
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 
 
 class _Model(BaseModel):
@@ -37,7 +45,7 @@ class _Model(BaseModel):
 class EndpointConfig(_Model):
     """One Azure ML endpoint, selected by the request's `model` equal to `name`."""
 
-    name: str = Field(pattern=r"^\S+$", max_length=256)
+    name: str = Field(pattern=r"^[^\s\x00-\x1f\x7f]+$", max_length=256)
     # Before endpoint_url, whose check depends on it.
     endpoint_api_type: Literal["dedicated", "serverless", "realtime"] = "dedicated"
     endpoint_url: str
@@ -60,10 +68,25 @@ class EndpointConfig(_Model):
     def formatter(self) -> ContentFormatterBase:
         return load_formatter(self.content_formatter)()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_follow_the_url(cls, data: Any) -> Any:
+        return with_url_defaults(data, _KEY_AUTH_TYPES)
+
     @field_validator("endpoint_url")
     @classmethod
     def _url_fits_the_api_type(cls, url: str, info: Any) -> str:
         return _check_url(url.rstrip("/"), info.data.get("endpoint_api_type", "dedicated"))
+
+    @field_validator("deployment_name")
+    @classmethod
+    def _deployment_name_is_a_header_value(cls, name: str | None) -> str | None:
+        if name is not None and not _HEADER_SAFE.match(name):
+            raise ValueError(
+                f"{name!r} is sent as the azureml-model-deployment header: use printable ASCII "
+                "without spaces or control characters"
+            )
+        return name
 
     @field_validator("content_formatter")
     @classmethod
@@ -81,6 +104,39 @@ class EndpointConfig(_Model):
                 f"{self.api_type.value!r}; it supports: {names}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _url_form_has_what_it_needs(self) -> EndpointConfig:
+        if self.api_type is ApiType.SERVERLESS:
+            problem = form_problem(self.endpoint_url, self.upstream_model)
+            if problem:
+                raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _extra_parameters_only_on_serverless(self) -> EndpointConfig:
+        if self.extra_parameters is not None and self.api_type is not ApiType.SERVERLESS:
+            raise ValueError(
+                "extra_parameters is sent only to serverless endpoints (the Azure AI model "
+                "inference API); remove it from this dedicated endpoint"
+            )
+        return self
+
+
+class GroupMember(_Model):
+    endpoint: str
+    #: The member's share of requests under `weighted`; 0: only when no other member can
+    #: take the request (an overflow).
+    weight: float = Field(default=1.0, ge=0, le=1_000_000)
+
+
+class GroupConfig(_Model):
+    """A name in `model` that spreads requests over several endpoints (docs/groups.md)."""
+
+    name: str = Field(pattern=r"^\S+$", max_length=256)
+    strategy: Literal["weighted", "least_busy", "lowest_latency"] = "weighted"
+    members: list[GroupMember] = Field(min_length=1, max_length=64)
+    fallbacks: list[str] = Field(default_factory=list)
 
 
 class ResilienceSettings(_Model):
@@ -122,10 +178,31 @@ class CorsSettings(_Model):
         for origin in origins:
             if origin == "*":
                 raise ValueError("'*' is not allowed: list the front-ends' origins")
+            if not _HEADER_SAFE.match(origin):
+                raise ValueError(
+                    f"{origin!r} has spaces or control characters; an origin is sent as a header"
+                )
             parts = urlsplit(origin)
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
                 raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
         return [origin.rstrip("/") for origin in origins]
+
+
+class LocalServerSettings(_Model):
+    """What one caller can hold on the local server (uvicorn with `server_command`'s protocol);
+    Azure Functions applies its own limits instead."""
+
+    #: The request line and headers of one request, in bytes; more gets 431.
+    max_header_bytes: int = Field(default=65536, ge=4096, le=1048576)
+    #: From a connection's first byte (or a kept-alive connection's next request) to the end of
+    #: the headers; slower callers get 408 and are disconnected.
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: From the end of the headers to the end of the body.
+    body_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    #: An idle kept-alive connection is closed after this long.
+    keepalive_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    #: Open connections; one more is answered 503 and closed at once.
+    max_connections: int = Field(default=2048, ge=1)
 
 
 class GatewayConfig(_Model):
@@ -133,12 +210,35 @@ class GatewayConfig(_Model):
 
     default_model: str | None = None
     endpoints: list[EndpointConfig] = Field(min_length=1)
+    groups: list[GroupConfig] = Field(default_factory=list)
     max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
+    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
+    max_event_bytes: int = Field(default=DEFAULT_MAX_EVENT_BYTES, ge=1024)
     max_messages: int = Field(default=512, ge=1)
+    #: Content parts (text, images) over all the messages of one request.
+    max_content_parts: int = Field(default=1024, ge=1)
+    #: Names besides localhost, 127.0.0.1 and [::1] that the local server answers to in `Host`.
+    allowed_hosts: list[str] = Field(default_factory=list)
     resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)
     credentials: CredentialSettings = Field(default_factory=CredentialSettings)
     streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
+    local_server: LocalServerSettings = Field(default_factory=LocalServerSettings)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_are_names(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if host == "*":
+                raise ValueError(
+                    "'*' is not allowed: it would let any web page reach the server by DNS rebinding"
+                )
+            if not _ALLOWED_HOST.match(host):
+                raise ValueError(
+                    f"{host!r} is not a host name like gateway.internal, an IP address, or a "
+                    "domain like .example.com (no scheme, no port)"
+                )
+        return [host.lower().rstrip(".") for host in hosts]
 
     @model_validator(mode="after")
     def _names_are_unique_and_default_exists(self) -> GatewayConfig:
@@ -156,9 +256,11 @@ class GatewayConfig(_Model):
                     )
             if len(set(endpoint.fallbacks)) != len(endpoint.fallbacks):
                 raise ValueError(f"endpoint {endpoint.name!r}: fallbacks lists an endpoint twice")
+        _check_groups(self.groups, seen)
+        seen.update(group.name for group in self.groups)
         if self.default_model is not None and self.default_model not in seen:
             raise ValueError(
-                f"default_model {self.default_model!r} is not the name of an endpoint "
+                f"default_model {self.default_model!r} is not the name of an endpoint or a group "
                 f"(names: {', '.join(sorted(seen))})"
             )
         return self
@@ -166,6 +268,48 @@ class GatewayConfig(_Model):
     @cached_property
     def endpoints_by_name(self) -> dict[str, EndpointConfig]:
         return {e.name: e for e in self.endpoints}
+
+    @cached_property
+    def groups_by_name(self) -> dict[str, GroupConfig]:
+        return {g.name: g for g in self.groups}
+
+
+def _check_groups(groups: list[GroupConfig], endpoint_names: set[str]) -> None:
+    """Refuse groups that cannot work, saying how to fix each."""
+    group_names = {group.name for group in groups}
+    endpoints = ", ".join(sorted(endpoint_names))
+    seen: set[str] = set()
+    for group in groups:
+        where = f"group {group.name!r}"
+        if group.name in endpoint_names or group.name in seen:
+            kind = "an endpoint" if group.name in endpoint_names else "another group"
+            raise ValueError(
+                f"{where}: {kind} has the same name; endpoint and group names share one "
+                "namespace (what callers put in model): rename one of them"
+            )
+        seen.add(group.name)
+        members = [member.endpoint for member in group.members]
+        for name in (*members, *group.fallbacks):
+            role = "member" if name in members else "fallback"
+            if name in group_names:
+                raise ValueError(
+                    f"{where}: {role} {name!r} is a group; a group's {role}s are endpoints: "
+                    f"list that group's endpoints instead"
+                )
+            if name not in endpoint_names:
+                raise ValueError(f"{where}: {role} {name!r} is not an endpoint (endpoints: {endpoints})")
+        if len(set(members)) != len(members):
+            raise ValueError(f"{where}: members lists an endpoint twice; give it one entry and a weight")
+        if len(set(group.fallbacks)) != len(group.fallbacks) or set(group.fallbacks) & set(members):
+            raise ValueError(
+                f"{where}: fallbacks lists an endpoint twice or one of the members; "
+                "list each endpoint once, members first"
+            )
+        if group.strategy == "weighted" and not sum(member.weight for member in group.members) > 0:
+            raise ValueError(
+                f"{where}: the members' weights add up to 0, so none would be chosen; "
+                "give at least one member a weight above 0"
+            )
 
 
 def load_formatter(name: str) -> type[ContentFormatterBase]:
@@ -191,13 +335,40 @@ def load_formatter(name: str) -> type[ContentFormatterBase]:
     return cls
 
 
+#: What may be sent as an HTTP header value: visible ASCII, no spaces or control characters.
+_HEADER_SAFE = re.compile(r"^[!-~]+$")
+#: A host name (or a `.domain` suffix), an IPv4 address, or an IPv6 address in brackets.
+_ALLOWED_HOST = re.compile(
+    r"^(\.?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?|\[[0-9A-Fa-f:.]+\])$"
+)
+_PLACEHOLDER = re.compile(r"<[^<>]*>")
+
 _EXPECTED_PATH = {"dedicated": "/score", "realtime": "/score", "serverless": "/v1/chat/completions"}
 
 
 def _check_url(url: str, api_type: str) -> str:
+    placeholder = _PLACEHOLDER.search(url)
+    if placeholder:
+        raise ValueError(
+            f"{url!r} still has the placeholder {placeholder.group()}: use the endpoint's own URL "
+            "(Azure ML studio, Endpoints, the endpoint's Consume tab)"
+        )
+    if not _HEADER_SAFE.match(url):
+        # urlsplit would silently drop tabs and newlines and keep other control characters.
+        raise ValueError("the URL has spaces or control characters; check for a stray character")
     parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        # The URL is not quoted back: it holds a password.
+        raise ValueError(
+            "the URL carries a user name or password (https://user:password@...); remove it and "
+            "give the endpoint's key in auth (key_vault, entra or env)"
+        )
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ValueError(f"{url!r} is not an absolute http(s) URL")
+    try:
+        parts.port  # noqa: B018 (it parses the port)
+    except ValueError:
+        raise ValueError(f"{url!r} has a port that is not a number from 0 to 65535") from None
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise ValueError(
             f"{url!r} uses plain http; keys must travel over https (plain http is accepted only "
@@ -245,7 +416,8 @@ def parse_config(document: str | bytes, *, source: str = "GATEWAY_CONFIG") -> Ga
     except ValueError as exc:
         raise ConfigError(f"{source} is not valid JSON: {exc}") from None
     try:
-        config = GatewayConfig.model_validate(data)
+        # Strict: "60" is not a number and "true" is not a boolean, as a JSON schema would say.
+        config = GatewayConfig.model_validate(data, strict=True)
     except ValidationError as exc:
         raise ConfigError(f"{source} is invalid:\n" + _describe(exc, data)) from None
     for endpoint in config.endpoints:
@@ -254,6 +426,9 @@ def parse_config(document: str | bytes, *, source: str = "GATEWAY_CONFIG") -> Ga
                 "endpoint %r: endpoint_api_type 'realtime' is deprecated; use 'dedicated'",
                 endpoint.name,
             )
+        retiring = form_warning(endpoint.endpoint_url)
+        if retiring:
+            logger.warning("endpoint %r %s", endpoint.name, retiring)
         replacement = endpoint.formatter.deprecated_in_favour_of
         if replacement:
             logger.warning(

@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from .credential_cache import Expiring, ExpiringCache
 from .errors import CredentialUnavailableError
 from .observe import NO_OBSERVER, Observer
+from .url_forms import ML_SCOPE
+from .vault_url import vault_url_problem
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 
 #: Entra tokens are renewed this long before they expire.
 TOKEN_RENEWAL_MARGIN_S = 300.0
-DEFAULT_ENTRA_SCOPE = "https://ml.azure.com/.default"
+DEFAULT_ENTRA_SCOPE = ML_SCOPE
 
 
 class _Settings(BaseModel):
@@ -61,6 +63,40 @@ class AuthSettings(_Settings):
     def cache_key(self) -> str:
         """What identifies the value among those of the same provider."""
         raise NotImplementedError
+
+    def credential(self, value: str) -> Credential:
+        """`value` in the headers that carry it to the endpoint."""
+        return bearer(value)
+
+    def refusal_hint(self) -> str:
+        """What to check, besides the value itself, when the endpoint refuses it (401/403)."""
+        return ""
+
+
+class KeyAuthSettings(AuthSettings):
+    """Settings of an endpoint key: sent as `Authorization: Bearer <key>` (Azure ML) or as
+    `api-key: <key>` (Azure AI Foundry, Azure OpenAI); the configuration fills in the default
+    of the endpoint's host (shared/url_forms.py)."""
+
+    header: Literal["authorization", "api-key"] = "authorization"
+
+    def credential(self, value: str) -> Credential:
+        if self.header == "api-key":
+            return Credential(value, {"api-key": value})
+        return bearer(value)
+
+    def refusal_hint(self) -> str:
+        if self.header == "api-key":
+            return (
+                "; check auth.header: it is 'api-key' (the key went in the api-key header), "
+                "which Azure AI Foundry and Azure OpenAI read; Azure ML endpoints read the key "
+                "from the Authorization header: set auth.header to 'authorization' for them"
+            )
+        return (
+            "; check auth.header: it is 'authorization' (the key went in the Authorization "
+            "header), which Azure ML endpoints read; Azure AI Foundry and Azure OpenAI read "
+            "the key from the api-key header: set auth.header to 'api-key' for them"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +157,7 @@ class CredentialProvider:
         return None
 
     async def get(self, auth: Any) -> Credential:
-        return bearer(await self._cache.get(auth.cache_key()))
+        return auth.credential(await self._cache.get(auth.cache_key()))
 
     def invalidate(self, auth: Any, refused: Credential) -> None:
         """Forget `refused`, the value an endpoint just turned down."""
@@ -142,7 +178,7 @@ class CredentialProvider:
         self._context.observer.credential_served_stale(self.auth_type(), name, error)
 
 
-class EnvAuth(AuthSettings):
+class EnvAuth(KeyAuthSettings):
     """The key is the value of an environment variable (local development only)."""
 
     type: Literal["env"] = "env"
@@ -173,7 +209,7 @@ class EnvKeys(CredentialProvider):
         return Expiring(value, float("inf"), float("inf"))
 
 
-class KeyVaultAuth(AuthSettings):
+class KeyVaultAuth(KeyAuthSettings):
     """The key is the secret `secret_name` in the vault at `KEY_VAULT_URL`."""
 
     type: Literal["key_vault"] = "key_vault"
@@ -204,7 +240,7 @@ class KeyVaultKeys(CredentialProvider):
                 "type 'key_vault' needs the app setting KEY_VAULT_URL "
                 "(the vault's URI, e.g. https://<vault>.vault.azure.net/)"
             )
-        return None
+        return vault_url_problem(environ["KEY_VAULT_URL"])
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -260,10 +296,18 @@ class EntraAuth(AuthSettings):
     """A Microsoft Entra ID token for `scope`, from the app's identity (keyless endpoints)."""
 
     type: Literal["entra"] = "entra"
+    #: The configuration fills in the default of the endpoint's host (shared/url_forms.py).
     scope: str = DEFAULT_ENTRA_SCOPE
 
     def cache_key(self) -> str:
         return self.scope
+
+    def refusal_hint(self) -> str:
+        return (
+            f"; the token (in the Authorization header) is for auth.scope {self.scope!r}: check that "
+            "the endpoint takes that audience and that the app's identity has a role on it "
+            "(docs/foundry.md)"
+        )
 
 
 class EntraTokens(CredentialProvider):

@@ -217,15 +217,83 @@ def _openai_result(data: dict[str, Any]) -> ChatResult:
         message = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(message, dict):
             raise ResponseFormatError('a choice has no "message" object')
-        normalized.append(
-            ChatChoice(
-                {"role": "assistant", **message},
-                choice.get("finish_reason"),
-                choice.get("logprobs"),
+        finish_reason = choice.get("finish_reason")
+        if finish_reason is not None and not isinstance(finish_reason, str):
+            raise ResponseFormatError('a choice\'s "finish_reason" is not a string or null')
+        logprobs = choice.get("logprobs")
+        if not isinstance(logprobs, dict):
+            logprobs = None  # optional, as usage is: one the caller could not read is left out
+        normalized.append(ChatChoice(_assistant_message(message), finish_reason, logprobs))
+    return ChatResult(normalized, _usage(data.get("usage")))
+
+
+def _assistant_message(message: dict[str, Any]) -> dict[str, Any]:
+    """The endpoint's message as the caller gets it: an assistant message whose every field
+    has its OpenAI type; other fields are left out. `ResponseFormatError` for a wrong one."""
+    role = message.get("role", "assistant")
+    if role != "assistant":
+        raise ResponseFormatError(f'the message\'s "role" is {_shown(role)}, not "assistant"')
+    normalized: dict[str, Any] = {"role": "assistant", "content": _content(message.get("content"))}
+    tool_calls = message.get("tool_calls")
+    if tool_calls is not None:
+        if not isinstance(tool_calls, list) or not all(_is_function_call(c) for c in tool_calls):
+            raise ResponseFormatError(
+                '"tool_calls" is not a list of {"id", "type": "function", "function": '
+                '{"name", "arguments"}} objects'
             )
-        )
-    usage = data.get("usage")
-    return ChatResult(normalized, usage if isinstance(usage, dict) else None)
+        if tool_calls:
+            normalized["tool_calls"] = tool_calls
+    for name in ("reasoning_content", "refusal"):
+        value = message.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ResponseFormatError(f'"{name}" is not a string or null')
+        if name in message:
+            normalized[name] = value
+    return normalized
+
+
+def _content(content: Any) -> str | None:
+    """A message's content: text or null; a list of content parts becomes the text of its
+    text parts (parts of other types, such as a model's thinking, are left out)."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        texts = [p.get("text") for p in content if p.get("type") == "text"]
+        if all(isinstance(t, str) for t in texts):
+            return "".join(texts)
+    raise ResponseFormatError('the message\'s "content" is not a string, a list of text parts, or null')
+
+
+def _is_function_call(call: Any) -> bool:
+    if not isinstance(call, dict) or not isinstance(call.get("id"), str):
+        return False
+    function = call.get("function")
+    return (
+        call.get("type", "function") == "function"
+        and isinstance(function, dict)
+        and isinstance(function.get("name"), str)
+        and isinstance(function.get("arguments"), str)
+    )
+
+
+_USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def _usage(usage: Any) -> dict[str, Any] | None:
+    """The endpoint's token usage if its counts are counts; else none (it is optional)."""
+    if not isinstance(usage, dict):
+        return None
+    for name in _USAGE_COUNTS:
+        count = usage.get(name)
+        if count is not None and (type(count) is not int or count < 0):
+            return None
+    return usage
+
+
+def _shown(value: Any) -> str:
+    """A short, printable rendering of an endpoint's value for an error message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 BUILTIN_FORMATTERS: dict[str, type[ContentFormatterBase]] = {

@@ -11,6 +11,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, cast
+from urllib.parse import unquote
 
 from starlette import responses
 from starlette.requests import ClientDisconnect, Request
@@ -19,7 +20,13 @@ from starlette.types import Receive, Scope, Send
 
 from .chat import ChatRequest, parse_chat_request
 from .codec import dumps
-from .errors import INTERNAL_ERROR_BODY, GatewayError, InvalidRequestError, RequestTooLargeError
+from .errors import (
+    INTERNAL_ERROR_BODY,
+    GatewayError,
+    InvalidRequestError,
+    RequestTooLargeError,
+    UnsupportedMediaTypeError,
+)
 from .logs import bind_request_id, get_logger
 from .openapi import openapi_document
 from .responses import ResponsesCall, parse_responses_request
@@ -76,6 +83,8 @@ class GatewayApi:
         self.gateway = gateway
         self._max_request_bytes = gateway.config.max_request_bytes
         self._openapi_document: bytes | None = None
+        self._max_messages = gateway.config.max_messages
+        self._max_content_parts = gateway.config.max_content_parts
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> GatewayApi:
@@ -103,8 +112,11 @@ class GatewayApi:
         await self.gateway.aclose()
 
     async def _chat_completions(self, request: Request) -> Response:
+        require_json(request.headers.get("content-type"))
         body = await read_body(request, self._max_request_bytes)
-        chat = parse_chat_request(body)
+        chat = parse_chat_request(
+            body, max_messages=self._max_messages, max_content_parts=self._max_content_parts
+        )
         return await _while_connected(request, self._answer(chat))
 
     async def _answer(self, chat: ChatRequest) -> Response:
@@ -116,8 +128,11 @@ class GatewayApi:
         return EventStreamResponse(_prepend(first, events), headers=SSE_HEADERS)
 
     async def _responses(self, request: Request) -> Response:
+        require_json(request.headers.get("content-type"))
         body = await read_body(request, self._max_request_bytes)
-        call = parse_responses_request(body)
+        call = parse_responses_request(
+            body, max_messages=self._max_messages, max_content_parts=self._max_content_parts
+        )
         return await _while_connected(request, self._answer_responses(call))
 
     async def _answer_responses(self, call: ResponsesCall) -> Response:
@@ -131,7 +146,9 @@ class GatewayApi:
         return JSONResponse(self.gateway.models())
 
     async def _retrieve_model(self, request: Request) -> Response:
-        return JSONResponse(self.gateway.model(request.path_params["id"]))
+        # The local server's router fills path_params; the Functions host forwards the URL only.
+        name = request.path_params.get("id") or unquote(request.url.path.rpartition("/v1/models/")[2])
+        return JSONResponse(self.gateway.model(name))
 
     async def _openapi(self, request: Request) -> Response:
         if self._openapi_document is None:
@@ -189,8 +206,39 @@ async def _respond(request: Request, handler: Handler) -> Response:
     return response
 
 
+def internal_error_response() -> JSONResponse:
+    return JSONResponse(INTERNAL_ERROR_BODY, status_code=500)
+
+
 def error_response(error: GatewayError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def require_json(content_type: str | None) -> None:
+    """Refuse with 415 a body not declared as `application/json` (a UTF-8 charset allowed):
+    every OpenAI client declares it, and a browser cannot send it cross-site without a CORS
+    preflight, unlike `text/plain` or a form."""
+    if content_type == "application/json":
+        return
+    media_type, _, parameters = (content_type or "").partition(";")
+    if media_type.strip().lower() != "application/json":
+        got = f"got {shown_header(content_type)}" if content_type else "it had none"
+        raise UnsupportedMediaTypeError(
+            f"The request body must be JSON, sent with the header Content-Type: application/json ({got})."
+        )
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise UnsupportedMediaTypeError(
+                f"The gateway reads JSON as UTF-8 (got {shown_header(content_type or '')}): send the header "
+                "Content-Type: application/json, with no charset or charset=utf-8."
+            )
+
+
+def shown_header(value: str, length: int = 100) -> str:
+    """A caller's header value as it may appear in a message: quoted, control characters
+    escaped, cut at `length` characters."""
+    return ascii(value[:length]) + ("…" if len(value) > length else "")
 
 
 async def read_body(request: Request, limit: int) -> bytes:

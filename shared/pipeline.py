@@ -1,6 +1,7 @@
 """The dispatch pipeline: one upstream call, from the caller's model name to an endpoint's answer.
 
-    choose (the endpoint, then its fallbacks) -> cooldown -> slot -> retries -> credential -> send
+    choose (the endpoint, then its fallbacks; or a group's members, then its fallbacks)
+        -> cooldown -> slot -> retries -> credential -> send
 
 It knows nothing of chat: a `RequestBuilder` makes the upstream request for whichever endpoint
 is tried, with that endpoint's credential, and `Pipeline.open` returns the first answer whose
@@ -11,9 +12,10 @@ endpoint's in-flight slot) is given back when the caller's `Leases` block ends.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterable, Mapping
 
-from .config import EndpointConfig, GatewayConfig
+from .config import EndpointConfig, GatewayConfig, GroupConfig
 from .credentials import Credential, Credentials
 from .errors import (
     ConcurrencyLimitError,
@@ -23,6 +25,7 @@ from .errors import (
     UpstreamTimeoutError,
     upstream_status_error,
 )
+from .groups import GroupDispatch, Latencies
 from .logs import get_logger
 from .observe import NO_OBSERVER, Exchange, Observer
 from .retry import Backoff, Cooldowns, parse_retry_after, retryable
@@ -33,6 +36,8 @@ log = get_logger("gateway.pipeline")
 
 #: The upstream request for an endpoint, authorized with its credential.
 RequestBuilder = Callable[[EndpointConfig, Credential], UpstreamRequest]
+#: What a caller's `model` names: an endpoint or a group of endpoints.
+Target = EndpointConfig | GroupConfig
 
 
 class Leases(list[Callable[[], None]]):
@@ -56,6 +61,11 @@ class InFlight:
 
     def count(self, name: str) -> int:
         return self._counts.get(name, 0)
+
+    @property
+    def counts(self) -> Mapping[str, int]:
+        """The live count per endpoint name (read-only: `acquire` and its release change it)."""
+        return self._counts
 
     def acquire(self, endpoint: EndpointConfig) -> Callable[[], None]:
         """One more call in flight to `endpoint`, or `ConcurrencyLimitError` at its
@@ -90,6 +100,8 @@ class Pipeline:
         credentials: Credentials,
         transport: Sender,
         observer: Observer = NO_OBSERVER,
+        *,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self._credentials = credentials
@@ -106,36 +118,57 @@ class Pipeline:
         self._candidates = {
             e.name: (e, *(config.endpoints_by_name[name] for name in e.fallbacks)) for e in config.endpoints
         }
+        self.latencies = Latencies()
+        # Spreading load, not secrecy: a seedable generator (tests fix the seed).
+        rand = (rng or random.Random()).random  # nosec B311
+        self._groups = {
+            g.name: GroupDispatch(g, config, self.in_flight.counts, self.latencies, rand)
+            for g in config.groups
+        }
+        #: Endpoints whose time to first byte a `lowest_latency` group needs.
+        self._timed = frozenset(
+            m.endpoint for g in config.groups if g.strategy == "lowest_latency" for m in g.members
+        )
 
-    def endpoint_for(self, model: str | None) -> EndpointConfig:
-        """The endpoint a caller's `model` names (the default model if None)."""
+    def endpoint_for(self, model: str | None) -> Target:
+        """The endpoint or group a caller's `model` names (the default model if None)."""
         name = model or self.config.default_model
         if name is None:
             raise InvalidRequestError("model: is required (this gateway has no default_model)", param="model")
-        endpoint = self.config.endpoints_by_name.get(name)
-        if endpoint is None:
-            names = ", ".join(e.name for e in self.config.endpoints)
+        target: Target | None = self.config.endpoints_by_name.get(name) or self.config.groups_by_name.get(
+            name
+        )
+        if target is None:
+            names = ", ".join(
+                [*(e.name for e in self.config.endpoints), *(g.name for g in self.config.groups)]
+            )
             raise ModelNotFoundError(
                 f"The model {name!r} does not exist on this gateway; available: {names}", param="model"
             )
-        return endpoint
+        return target
 
     async def open(
         self,
         exchange: Exchange,
-        endpoint: EndpointConfig,
+        endpoint: Target,
         build: RequestBuilder,
         leases: Leases,
         *,
         stream: bool = False,
     ) -> tuple[EndpointConfig, Answer]:
         """The first endpoint that answers yes: `endpoint`, retried, then its fallbacks in
-        order. Returns the endpoint that answered and its answer (status < 400), whose body
-        `stream` says how to read; leaving `leases` releases it."""
+        order (a group: its members in the order its strategy picks them, then its
+        fallbacks). Returns the endpoint that answered and its answer (status < 400), whose
+        body `stream` says how to read; leaving `leases` releases it."""
         deadline = asyncio.get_running_loop().time() + self._request_timeout_s
         failures: list[GatewayError] = []
         previous: str | None = None
-        for candidate in self._candidates[endpoint.name]:
+        group = self._groups.get(endpoint.name) if isinstance(endpoint, GroupConfig) else None
+        candidates: Iterable[EndpointConfig] = (
+            group.candidates() if group is not None else self._candidates[endpoint.name]
+        )
+        first_try = True
+        for candidate in candidates:
             if previous is not None and failures:
                 self._observer.fallback(exchange, previous, candidate.name, failures[-1])
             previous = candidate.name
@@ -143,6 +176,9 @@ class Pipeline:
             if refused is not None:
                 failures.append(refused)
                 continue
+            # A request the first endpoint tried finds wrong is the caller's to fix; one a
+            # fallback cannot take (another wire format) just moves on.
+            primary, first_try = candidate is endpoint or (group is not None and first_try), False
             try:
                 upstream = await self._tries(exchange, candidate, build, leases, deadline, stream)
             except ConcurrencyLimitError as exc:
@@ -152,7 +188,7 @@ class Pipeline:
                 continue
             except InvalidRequestError as exc:
                 self.cooldowns.abandoned(candidate.name)
-                if candidate is endpoint:
+                if primary:
                     raise
                 log.info("fallback %r cannot take this request: %s", candidate.name, exc.message)
                 continue
@@ -172,6 +208,8 @@ class Pipeline:
                 self._observer.cooldown_closed(candidate.name)
             exchange.endpoint = candidate.name
             return candidate, upstream
+        if group is not None:
+            _soonest_retry_after(failures)
         raise failures[-1]
 
     async def _tries(
@@ -251,12 +289,15 @@ class Pipeline:
             credential = await self._credentials.get(endpoint.auth)
             request = build(endpoint, credential)
             observer.try_started(exchange, endpoint.name, attempt)
+            started = asyncio.get_running_loop().time()
             try:
                 upstream = await self._transport.send(request, timeout_s=timeout_s, streaming=stream)
             except GatewayError as exc:
                 observer.try_ended(exchange, endpoint.name, attempt, None, exc)
                 raise
             if upstream.status < 400:
+                if endpoint.name in self._timed:
+                    self.latencies.observe(endpoint.name, asyncio.get_running_loop().time() - started)
                 observer.try_ended(exchange, endpoint.name, attempt, upstream.status, None)
                 return upstream
             try:
@@ -280,5 +321,18 @@ class Pipeline:
                 observer.credential_refused(exchange, endpoint.name, response.status)
                 self._credentials.invalidate(endpoint.auth, credential)
                 continue
+            if response.status in (401, 403):
+                error.message += endpoint.auth.refusal_hint()
             raise error
         raise AssertionError("unreachable")
+
+
+def _soonest_retry_after(failures: list[GatewayError]) -> None:
+    """When every member of a group failed, the caller may retry when the first of them is
+    expected back: the shortest `Retry-After` among the failures goes on the last one."""
+    last = failures[-1]
+    if "Retry-After" in last.headers or last.status not in (429, 503):
+        return
+    waits = [int(f.headers["Retry-After"]) for f in failures if f.headers.get("Retry-After", "").isdigit()]
+    if waits:
+        last.headers["Retry-After"] = str(min(waits))

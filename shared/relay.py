@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .codec import loads
-from .config import EndpointConfig
+from .config import DEFAULT_MAX_EVENT_BYTES, EndpointConfig
 from .errors import INTERNAL_ERROR_BODY, GatewayError, UpstreamError
 from .formatters import ChatResult
 from .ids import completion_id
@@ -115,10 +115,13 @@ def normalized_chunk(
 
 def result_chunks(result: ChatResult, ids: ChunkIds, *, include_usage: bool) -> Iterator[dict[str, Any]]:
     """A whole answer as the chunks a streaming endpoint would have sent: for each choice a role
-    chunk, its content, its tool calls, and its finish reason; then the usage if asked for."""
+    chunk, its reasoning, its content, its tool calls, and its finish reason; then the usage if
+    asked for."""
     for index, choice in enumerate(result.choices):
         message = choice.message
         yield ids.delta(index, {"role": message.get("role", "assistant"), "content": ""})
+        if message.get("reasoning_content"):
+            yield ids.delta(index, {"reasoning_content": message["reasoning_content"]})
         if message.get("content"):
             yield ids.delta(index, {"content": message["content"]})
         tool_calls = message.get("tool_calls")
@@ -191,13 +194,16 @@ async def relay_chat(
     observer: Observer,
     include_usage: bool,
     writer: EventWriter = CHAT_EVENTS,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
 ) -> AsyncIterator[bytes]:
     """The caller's events for the answer `opening` gives (awaited here, with keep-alives
     meanwhile), as `writer` writes them. What `opening` holds is the caller's to release after
     the last event."""
     started = False
     try:
-        async for item in _events(opening, pacing, read_result, exchange, include_usage, writer):
+        async for item in _events(
+            opening, pacing, read_result, exchange, include_usage, writer, max_event_bytes
+        ):
             if not started:
                 started = True
                 observer.first_chunk(exchange)
@@ -221,6 +227,7 @@ async def _events(
     exchange: Exchange,
     include_usage: bool,
     writer: EventWriter,
+    max_event_bytes: int,
 ) -> AsyncIterator[bytes]:
     # Waiting for the answer (a dedicated endpoint's whole answer) may take long: it runs as a
     # task, and keep-alives go out meanwhile.
@@ -230,7 +237,9 @@ async def _events(
     endpoint, upstream = opened.result()
     ids = ChunkIds(endpoint.name)
     if "text/event-stream" in upstream.content_type:
-        async for events in _relayed(endpoint, upstream, ids, exchange, include_usage, pacing, writer):
+        async for events in _relayed(
+            endpoint, upstream, ids, exchange, include_usage, pacing, writer, max_event_bytes
+        ):
             yield events
         return
     # /score does not stream (nor does an endpoint that ignored "stream"): the same events,
@@ -255,13 +264,16 @@ async def _relayed(
     include_usage: bool,
     pacing: Pacing,
     writer: EventWriter,
+    max_event_bytes: int,
 ) -> AsyncIterator[bytes]:
     """The endpoint's chunks, normalized, then `[DONE]`: also when the endpoint ended a finished
     answer without one, but never after an answer cut short. The events of one read are sent
     in one write, as they came (but the first event at once, on its own)."""
     started = False
     encode = writer.chunk
-    async for batch in _event_batches(upstream, pacing.wait_s):
+    async for batch in _event_batches(
+        upstream, pacing.wait_s, SSEDecoder(max_event_bytes, endpoint=endpoint.name)
+    ):
         if batch is None:
             yield pacing.keepalive()
             continue
@@ -270,6 +282,7 @@ async def _relayed(
             if data.strip() == "[DONE]":
                 pacing.sent()
                 yield b"".join(events) + writer.done()
+                await upstream.drain()  # the connection goes back to the pool
                 return
             try:
                 normalized = normalized_chunk(loads(data), ids, exchange, include_usage=include_usage)
@@ -305,12 +318,13 @@ async def _relayed(
     yield writer.done()
 
 
-async def _event_batches(upstream: Answer, wait_s: Callable[[], float]) -> AsyncIterator[list[str] | None]:
+async def _event_batches(
+    upstream: Answer, wait_s: Callable[[], float], decoder: SSEDecoder
+) -> AsyncIterator[list[str] | None]:
     """The data of the events completed by each read (the last one included if it lacks its
     blank line), and None for each wait of `wait_s()` seconds that read nothing. The first
     read's first event comes alone, so that it reaches the caller before the rest is parsed
     (an endpoint may send its whole answer in one read)."""
-    decoder = SSEDecoder()
     first = True
     async for raw in upstream.chunks(wait_s):
         if not raw:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 from pydantic_core import from_json
 
-from .chat import ChatRequest, _message, _param
+from .chat import ChatRequest, check_counts, field_message, field_path
 from .errors import InvalidRequestError
 from .formatters import ChatChoice, ChatResult
 from .ids import item_id, response_id
@@ -200,13 +200,21 @@ class ResponsesCall:
     echo: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_responses_request(body: bytes) -> ResponsesCall:
-    """Parse, validate and translate a request body; `InvalidRequestError` names the bad field."""
+def parse_responses_request(
+    body: bytes, *, max_messages: int | None = None, max_content_parts: int | None = None
+) -> ResponsesCall:
+    """Parse, validate and translate a request body; `InvalidRequestError` names the bad field.
+    Input items and content parts are counted before validation (`check_counts`)."""
+    try:
+        sent = from_json(body)
+    except ValueError:
+        sent = None  # the model's validation says what is wrong
+    if isinstance(sent, dict):
+        check_counts(sent.get("input"), max_messages, max_content_parts, param="input")
     try:
         request = ResponsesRequest.model_validate_json(body)
     except ValidationError as exc:
         raise _invalid(exc) from None
-    sent = from_json(body)
     for index, tool in enumerate(request.tools or ()):
         if tool.type != "function":
             param = f"tools[{index}].type"
@@ -242,7 +250,7 @@ def _invalid(exc: ValidationError) -> InvalidRequestError:
         return InvalidRequestError(f"The request body is not valid JSON: {error['msg']}.")
     if error["type"] == "model_type" and not error["loc"]:
         return InvalidRequestError("The request body must be a JSON object.")
-    param = _param(error["loc"])
+    param = field_path(error["loc"])
     if param in _UNSUPPORTED and error["type"] != "missing":
         return InvalidRequestError(f"{param}: {_UNSUPPORTED[param]}", param=param)
     if error["type"] == "union_tag_invalid":
@@ -251,7 +259,7 @@ def _invalid(exc: ValidationError) -> InvalidRequestError:
         param = f"{param}.type"
         tags = error.get("ctx", {}).get("expected_tags")
         return InvalidRequestError(f"{param}: unsupported type; use {tags}", param=param)
-    return InvalidRequestError(f"{param}: {_message(error)}", param=param)
+    return InvalidRequestError(f"{param}: {field_message(error)}", param=param)
 
 
 def _unsupported_item(param: str, item: Any) -> InvalidRequestError:

@@ -11,11 +11,11 @@ from .api_type import ApiType
 from .chat import ChatRequest, chat_completion
 from .config import EndpointConfig, GatewayConfig, load_config
 from .credentials import Credential, Credentials
-from .errors import InvalidRequestError, ModelNotFoundError, ResponseFormatError, UpstreamTimeoutError
+from .errors import ModelNotFoundError, ResponseFormatError, UpstreamTimeoutError
 from .formatters import ChatResult
 from .logs import current_request_id, get_logger
 from .observe import NO_OBSERVER, Exchange, Observer
-from .pipeline import Leases, Pipeline, RequestBuilder
+from .pipeline import Leases, Pipeline, RequestBuilder, Target
 from .relay import CHAT_EVENTS, EventWriter, Pacing, relay_chat
 from .response_events import ResponseEvents
 from .responses import ResponsesCall, response_from_result
@@ -40,14 +40,20 @@ class Gateway:
         self.config = config
         self._credentials = credentials or Credentials(settings=config.credentials)
         self._credentials.observe(observer)
-        self._transport: Sender = transport or Transport()
+        self._transport: Sender = transport or Transport(max_response_bytes=config.max_response_bytes)
         self._observer = observer
         self.pipeline = Pipeline(config, self._credentials, self._transport, observer)
         self._model_list: dict[str, Any] = {
             "object": "list",
             "data": [
-                {"id": e.name, "object": "model", "created": 0, "owned_by": "azureml"}
-                for e in config.endpoints
+                *(
+                    {"id": e.name, "object": "model", "created": 0, "owned_by": "azureml"}
+                    for e in config.endpoints
+                ),
+                *(
+                    {"id": g.name, "object": "model", "created": 0, "owned_by": "gateway"}
+                    for g in config.groups
+                ),
             ],
         }
 
@@ -132,6 +138,7 @@ class Gateway:
                     observer=self._observer,
                     include_usage=request.include_usage,
                     writer=writer,
+                    max_event_bytes=self.config.max_event_bytes,
                 ):
                     yield item
         except BaseException as exc:
@@ -140,13 +147,7 @@ class Gateway:
         finally:
             self._observer.request_ended(exchange, error)
 
-    def _start(self, request: ChatRequest, operation: str) -> tuple[EndpointConfig, Exchange]:
-        if len(request.messages) > self.config.max_messages:
-            raise InvalidRequestError(
-                f"messages: this gateway takes at most {self.config.max_messages} messages "
-                f"(max_messages); got {len(request.messages)}",
-                param="messages",
-            )
+    def _start(self, request: ChatRequest, operation: str) -> tuple[Target, Exchange]:
         endpoint = self.pipeline.endpoint_for(request.model)
         exchange = Exchange(operation, endpoint.name, request.stream, current_request_id())
         self._observer.request_started(exchange)

@@ -57,6 +57,9 @@ class FakeAnswer:
                     await asyncio.sleep(self._scripted.pause_s)
             yield piece
 
+    async def drain(self) -> None:
+        self._released.append(f"{self._name} drained")
+
     def release(self) -> None:
         self._released.append(self._name)
 

@@ -148,7 +148,7 @@ def test_accepted_dedicated_urls(url):
 
 
 def test_foundry_unified_url_is_accepted_for_serverless():
-    url = "https://res.services.ai.azure.com/models/chat/completions?api-version=2024-05-01-preview"
+    url = "https://res.services.ai.azure.com/models/chat/completions?api-version=2025-04-01"
     config = parse_config(
         document(endpoint(endpoint_url=url, endpoint_api_type="serverless", upstream_model="Mistral-large"))
     )
@@ -161,7 +161,7 @@ def test_duplicate_names_are_refused():
 
 def test_unknown_default_model_is_refused():
     message = error_of(document(endpoint(), default_model="gpt-4"))
-    assert "default_model 'gpt-4' is not the name of an endpoint (names: llama-chat)" in message
+    assert "default_model 'gpt-4' is not the name of an endpoint or a group (names: llama-chat)" in message
 
 
 @pytest.mark.parametrize(
@@ -211,7 +211,7 @@ def test_load_from_a_file(tmp_path):
 def test_key_vault_auth_needs_key_vault_url():
     with pytest.raises(ConfigError, match="type 'key_vault' needs the app setting KEY_VAULT_URL"):
         load_config({"GATEWAY_CONFIG": document()})
-    assert load_config({"GATEWAY_CONFIG": document(), "KEY_VAULT_URL": "https://v.vault.azure.net/"})
+    assert load_config({"GATEWAY_CONFIG": document(), "KEY_VAULT_URL": "https://kv-example.vault.azure.net/"})
 
 
 def test_env_auth_needs_its_variable_and_is_logged_as_local_only(caplog):

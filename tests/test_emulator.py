@@ -310,17 +310,23 @@ async def test_serverless_answer(emu: Emu) -> None:
 
 
 @pytest.mark.parametrize(
-    "path",
+    ("path", "headers"),
     [
-        "/some/prefix/v1/chat/completions",
-        "/models/chat/completions",
-        "/api/projects/my-project/models/chat/completions",
+        ("/some/prefix/v1/chat/completions", AUTH),
+        ("/models/chat/completions", {"api-key": KEY}),
+        ("/api/projects/my-project/models/chat/completions", {"api-key": KEY}),
+        ("/openai/v1/chat/completions", {"api-key": KEY}),
     ],
 )
-async def test_serverless_routes_echo_the_model(emu: Emu, path: str) -> None:
+async def test_serverless_routes_echo_the_model(emu: Emu, path: str, headers: dict[str, str]) -> None:
     emulator, client = emu
     messages = [user("hi foundry")]
-    response = await client.post(path, json={"messages": messages, "model": "Phi-4"}, headers=AUTH)
+    response = await client.post(
+        path,
+        params={"api-version": "2025-04-01"},
+        json={"messages": messages, "model": "Phi-4"},
+        headers=headers,
+    )
     assert response.status == 200
     answer = await response.json()
     assert answer["model"] == "Phi-4"
@@ -708,11 +714,12 @@ async def test_tool_call_choices_with_logprobs(emu: Emu) -> None:
 # --- key check and recording ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/score", "/v1/chat/completions", "/models/chat/completions"])
+@pytest.mark.parametrize("path", ["/score", "/v1/chat/completions"])
 @pytest.mark.parametrize(
     "headers",
     [
         {},
+        {"api-key": KEY},
         {"Authorization": "Bearer wrong-key-value"},
         {"Authorization": KEY},
         {"Authorization": f"bearer {KEY}"},
@@ -729,8 +736,8 @@ async def test_wrong_or_missing_key_is_401(emu: Emu, path: str, headers: dict[st
     assert KEY not in text
     [recorded] = emulator.requests
     assert recorded.authorized is False
-    if headers:
-        assert recorded.headers["authorization"] == "<redacted>"
+    for name in headers:
+        assert recorded.headers[name.lower()] == "<redacted>"
 
 
 async def test_recording_keeps_no_key(emu: Emu) -> None:

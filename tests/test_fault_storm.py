@@ -15,9 +15,9 @@ import aiohttp
 from emulator import Fault
 from shared.transport import Transport
 
+from .client import CHAT, post
 from .conftest import emulator_config
 
-CHAT = "/api/v1/chat/completions"
 REQUESTS_PER_STORM = 300
 DOCUMENTED = {200, 429, 502, 503, 504}
 
@@ -133,12 +133,6 @@ async def test_a_fault_storm_gets_only_documented_answers_and_leaks_nothing(emul
     # answer within timeout_s, which a single leaked connection would make one of them miss.
     for _ in range(POOL):
         emulator[0].add_fault(Fault(latency_s=0.3, path="/score"))
-    async with aiohttp.ClientSession() as session:
-
-        async def slow() -> int:
-            body = {"model": "llama-chat", "messages": [{"role": "user", "content": "calm"}]}
-            async with session.post(base + CHAT, json=body) as r:
-                await r.read()
-                return r.status
-
-        assert await asyncio.gather(*(slow() for _ in range(POOL))) == [200] * POOL
+    body = {"model": "llama-chat", "messages": [{"role": "user", "content": "calm"}]}
+    answers = await asyncio.gather(*(post(base, body) for _ in range(POOL)))
+    assert [answer.status for answer in answers] == [200] * POOL

@@ -1,7 +1,14 @@
-"""The Azure Functions adapter: its indexed routes, and the same handlers behind them.
+"""The Azure Functions adapter on the azure-functions 1.x line, and the `func start` guide.
 
-`FunctionApp.get_functions()` may run once per app object, so it runs once per test session,
-in the `indexed` fixture.
+Serving is tested on Microsoft's own runtime in test_functions_runtime.py, which needs Python
+3.13 (there `azure-functions` resolves to 2.x). Python 3.11 and 3.12 apps, this environment
+included, get azure-functions 1.x, whose decorators build the bindings the older Python worker
+reads; that worker is not on PyPI, so only the indexing itself is checked here, through
+`FunctionApp.get_functions()` (the call the worker makes). It may run once per app object, so it
+runs once per module, in the `indexed` fixture.
+
+docs/functions-local.md's commands are checked against local.settings.example.json, the
+Makefile and `make dev`'s ports, since Core Tools cannot be installed here.
 """
 
 from __future__ import annotations
@@ -9,63 +16,37 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.routing import Route
-
-from emulator import Emulator
 
 from .conftest import emulator_config
-from .servers import AiohttpServer, UvicornServer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def functions_host(servers) -> Iterator[dict[str, Any]]:
-    """`function_app` imported against an emulator, and its functions indexed (once)."""
-    emulator = Emulator("functions-test-key")
-    upstream = servers.run(AiohttpServer(emulator.app).start())
+def indexed() -> Iterator[dict[str, Any]]:
+    """`function_app` imported with a valid configuration, and its functions indexed (once)."""
     saved = dict(os.environ)
-    os.environ.update(
-        GATEWAY_CONFIG=json.dumps(emulator_config(upstream.url)), EMULATOR_KEY="functions-test-key"
-    )
+    # Importing builds the gateway but opens no connection: any address will do.
+    os.environ.update(GATEWAY_CONFIG=json.dumps(emulator_config("http://127.0.0.1:9")), EMULATOR_KEY="k")
     try:
         import function_app
 
         module = importlib.reload(function_app)  # a fresh FunctionApp: get_functions() runs once per app
-        functions = {f.get_function_name(): f for f in module.app.get_functions()}
-        harness = servers.run(UvicornServer(_worker_like_app(functions.values())).start())
-        yield {"functions": functions, "url": harness.url, "emulator": emulator}
-        servers.run(harness.stop())
-        servers.run(module.api.aclose())
+        yield {f.get_function_name(): f for f in module.app.get_functions()}
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        servers.run(upstream.stop())
 
 
-def _worker_like_app(functions) -> Starlette:
-    """What the Functions worker does with HTTP streams: the host's route, then the user function
-    called with the Starlette request."""
-    routes = []
-    for function in functions:
-        trigger, user_function = function.get_trigger(), function.get_user_function()
-
-        async def endpoint(request: Request, _call=user_function):
-            return await _call(request)
-
-        routes.append(Route("/api/" + trigger.route, endpoint, methods=[str(m) for m in trigger.methods]))
-    return Starlette(routes=routes)
-
-
-def test_function_app_indexes_exactly_the_routes(functions_host):
+def test_function_app_indexes_exactly_the_routes(indexed):
     bindings = {
-        name: json.loads(function.get_function_json())["bindings"]
-        for name, function in functions_host["functions"].items()
+        name: json.loads(function.get_function_json())["bindings"] for name, function in indexed.items()
     }
     assert bindings == {
         "chat_completions": [
@@ -137,10 +118,10 @@ def test_function_app_indexes_exactly_the_routes(functions_host):
     }
 
 
-def test_every_route_takes_the_http_streams_request_type(functions_host):
+def test_every_route_takes_the_http_streams_request_type(indexed):
     from azurefunctions.extensions.http.fastapi import Request as StreamsRequest
 
-    for function in functions_host["functions"].values():
+    for function in indexed.values():
         annotation = function.get_user_function().__annotations__["req"]
         assert annotation in (StreamsRequest, "Request")
 
@@ -150,28 +131,59 @@ def test_host_json_keeps_the_api_route_prefix():
         assert json.load(f)["extensions"]["http"]["routePrefix"] == "api"
 
 
-def test_openai_client_through_the_functions_adapter(functions_host):
-    client = openai.OpenAI(base_url=functions_host["url"] + "/api/v1", api_key="unused-locally")
-    completion = client.chat.completions.create(
-        model="llama-chat", messages=[{"role": "user", "content": "Hi from Functions"}]
-    )
-    assert completion.choices[0].message.content == "You said: Hi from Functions"
-    assert [m.id for m in client.models.list()] == ["llama-chat", "mistral-large"]
-    assert functions_host["emulator"].requests[-1].deployment == "llama-2-7b-chat-1"
-    assert client.models.retrieve("mistral-large").id == "mistral-large"
-    response = client.responses.create(model="llama-chat", input="Hi from Functions")
-    assert response.output_text == "You said: Hi from Functions"
+# --- docs/functions-local.md, checked against the files its commands rely on ----------------
+
+GUIDE = ROOT / "docs" / "functions-local.md"
 
 
-def test_streaming_through_the_functions_adapter(functions_host):
-    client = openai.OpenAI(base_url=functions_host["url"] + "/api/v1", api_key="unused-locally")
-    pieces = [
-        c.choices[0].delta.content or ""
-        for c in client.chat.completions.create(
-            model="mistral-large",
-            messages=[{"role": "user", "content": "stream from Functions"}],
-            stream=True,
-        )
-        if c.choices
-    ]
-    assert "".join(pieces) == "You said: stream from Functions" and len(pieces) > 2
+@pytest.fixture(scope="module")
+def guide_commands() -> list[str]:
+    """The lines of the guide's `sh` blocks, comments dropped."""
+    blocks = re.findall(r"```sh\n(.*?)```", GUIDE.read_text(), flags=re.S)
+    return [line.split("  #")[0].strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def example_settings() -> dict[str, Any]:
+    return json.loads((ROOT / "local.settings.example.json").read_text())
+
+
+def test_guide_builds_and_activates_the_makefiles_environment(guide_commands):
+    makefile = (ROOT / "Makefile").read_text()
+    venv = re.search(r"^VENV := (\S+)$", makefile, flags=re.M).group(1)
+    assert f"make {venv}/.installed" in guide_commands
+    assert "$(VENV)/.installed:" in makefile
+    assert f"source {venv}/bin/activate" in guide_commands
+    assert "cp local.settings.example.json local.settings.json" in guide_commands
+    assert "local.settings.json" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_guide_starts_the_emulator_the_example_settings_point_at(guide_commands, example_settings):
+    values = example_settings["Values"]
+    (emulator,) = [c for c in guide_commands if "-m emulator" in c]
+    found = re.fullmatch(r"EMULATOR_KEY=(\S+) python -m emulator --port (\d+) &", emulator)
+    assert found, emulator
+    assert found.group(1) == values["EMULATOR_KEY"]
+    config = json.loads(values["GATEWAY_CONFIG"])
+    assert {e["endpoint_url"].split("/")[2] for e in config["endpoints"]} == {f"127.0.0.1:{found.group(2)}"}
+    assert {e["auth"]["variable"] for e in config["endpoints"]} == {"EMULATOR_KEY"}
+
+
+def test_example_settings_serve_make_devs_configuration(example_settings):
+    """`func start` and `make dev` answer alike because they configure the same endpoints."""
+    values = example_settings["Values"]
+    assert json.loads(values["GATEWAY_CONFIG"]) == json.loads((ROOT / "config" / "emulator.json").read_text())
+    assert values["FUNCTIONS_WORKER_RUNTIME"] == "python"
+    assert values["PYTHON_ENABLE_INIT_INDEXING"] == "1"  # the streams extension on Python <= 3.12
+
+
+def test_func_start_has_its_own_port_and_the_guides_urls_use_it(guide_commands, example_settings):
+    port = example_settings["Host"]["LocalHttpPort"]
+    dev = (ROOT / "scripts" / "dev.py").read_text()
+    defaults = re.search(r'DEFAULT_PORTS = \{"GATEWAY_PORT": (\d+), "EMULATOR_PORT": (\d+)\}', dev)
+    make_dev_ports = {int(p) for p in defaults.groups()}
+    assert port not in make_dev_ports
+    assert "func start" in guide_commands
+    urls = re.findall(r"http://127\.0\.0\.1:(\d+)/api", "\n".join(guide_commands))
+    assert urls and {int(u) for u in urls} == {port}
+    assert f"| `func start` | {port} |" in GUIDE.read_text()

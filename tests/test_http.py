@@ -8,43 +8,18 @@ import re
 
 import aiohttp
 import pytest
-from multidict import CIMultiDict
 
 from emulator import Fault, reply_text
 
+from .client import CHAT, HELLO, assert_openai_error, get, post
 from .conftest import emulator_config
-
-CHAT = "/api/v1/chat/completions"
-HELLO = [{"role": "user", "content": "Hello there"}]
-
-
-async def post(base: str, body: object, headers: dict[str, str] | None = None, raw: bytes | None = None):
-    async with aiohttp.ClientSession() as session:
-        data = raw if raw is not None else json.dumps(body).encode()
-        async with session.post(base + CHAT, data=data, headers=headers or {}) as response:
-            return response.status, CIMultiDict(response.headers), await response.read()
-
-
-async def get(base: str, path: str):
-    async with aiohttp.ClientSession() as session:
-        async with session.get(base + path) as response:
-            return response.status, CIMultiDict(response.headers), await response.read()
-
-
-def assert_openai_error(status: int, body: bytes, expected_status: int, *fragments: str) -> dict:
-    assert status == expected_status, body
-    error = json.loads(body)["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    for fragment in fragments:
-        assert fragment in error["message"], error["message"]
-    return error
 
 
 async def test_dedicated_chat_returns_a_normalized_completion(gateway, emulator):
     emu, _ = emulator
-    status, headers, body = await post(gateway, {"model": "llama-chat", "messages": HELLO})
-    assert status == 200, body
-    completion = json.loads(body)
+    reply = await post(gateway, {"model": "llama-chat", "messages": HELLO})
+    assert reply.status == 200, reply.body
+    completion = reply.json()
     assert completion["object"] == "chat.completion" and completion["model"] == "llama-chat"
     assert completion["id"].startswith("chatcmpl-")
     assert completion["choices"] == [
@@ -60,15 +35,15 @@ async def test_dedicated_chat_returns_a_normalized_completion(gateway, emulator)
     assert call.body == {
         "input_data": {"input_string": HELLO, "parameters": {"temperature": 0.8, "max_new_tokens": 512}}
     }
-    assert headers["x-request-id"]
+    assert reply.headers["x-request-id"]
 
 
 async def test_serverless_chat_keeps_usage_and_uses_the_gateway_model_name(gateway, emulator):
     emu, _ = emulator
     messages = [{"role": "system", "content": "Be brief."}, *HELLO]
-    status, _, body = await post(gateway, {"model": "mistral-large", "messages": messages})
-    assert status == 200, body
-    completion = json.loads(body)
+    reply = await post(gateway, {"model": "mistral-large", "messages": messages})
+    assert reply.status == 200, reply.body
+    completion = reply.json()
     assert completion["model"] == "mistral-large"
     assert completion["choices"][0]["message"]["content"] == "You said: Be brief.\n\nHello there"
     assert completion["usage"]["total_tokens"] == (
@@ -83,8 +58,8 @@ async def test_serverless_chat_keeps_usage_and_uses_the_gateway_model_name(gatew
 
 
 async def test_request_without_model_goes_to_the_default_model(gateway, emulator):
-    status, _, body = await post(gateway, {"messages": HELLO})
-    assert status == 200 and json.loads(body)["model"] == "llama-chat"
+    reply = await post(gateway, {"messages": HELLO})
+    assert reply.status == 200 and reply.json()["model"] == "llama-chat"
 
 
 async def test_request_parameters_override_model_kwargs_for_that_request_only(gateway, emulator):
@@ -112,8 +87,8 @@ async def test_numbers_and_text_reach_the_endpoint_exactly_as_sent(gateway, emul
         '{"model": "mistral-large", "messages": [{"role": "user", "content": "Ünï \\u2713"}], '
         '"seed": 123456789012345678901234567890, "x_custom": [1.5e-7, 1e+20]}'
     ).encode()
-    status, _, body = await post(gateway, None, raw=raw)
-    assert status == 200, body
+    reply = await post(gateway, raw=raw)
+    assert reply.status == 200, reply.body
     sent = emu.requests[-1].raw_body
     assert b'"seed":123456789012345678901234567890' in sent
     assert json.loads(sent)["x_custom"] == [1.5e-7, 1e20]
@@ -124,13 +99,13 @@ async def test_an_answer_with_nan_becomes_valid_json(gateway, emulator):
     emulator[0].add_fault(
         Fault(body='{"choices": [{"message": {"content": "hi"}, "finish_reason": "stop", "logprobs": NaN}]}')
     )
-    status, _, body = await post(gateway, {"model": "mistral-large", "messages": HELLO})
-    assert status == 200, body
-    assert json.loads(body, parse_constant=pytest.fail)["choices"][0]["logprobs"] is None
+    reply = await post(gateway, {"model": "mistral-large", "messages": HELLO})
+    assert reply.status == 200, reply.body
+    assert json.loads(reply.body, parse_constant=pytest.fail)["choices"][0]["logprobs"] is None
 
 
 async def test_length_limit_gives_finish_reason_length_on_serverless(gateway):
-    status, _, body = await post(
+    reply = await post(
         gateway,
         {
             "model": "mistral-large",
@@ -138,8 +113,8 @@ async def test_length_limit_gives_finish_reason_length_on_serverless(gateway):
             "messages": [{"role": "user", "content": "one two three"}],
         },
     )
-    choice = json.loads(body)["choices"][0]
-    assert status == 200 and choice == {
+    choice = reply.json()["choices"][0]
+    assert reply.status == 200 and choice == {
         "index": 0,
         "message": {"role": "assistant", "content": "You said:"},
         "finish_reason": "length",
@@ -148,32 +123,34 @@ async def test_length_limit_gives_finish_reason_length_on_serverless(gateway):
 
 
 async def test_dedicated_answers_carry_no_finish_reason_so_stop_is_reported(gateway):
-    status, _, body = await post(
-        gateway, {"max_tokens": 2, "messages": [{"role": "user", "content": "one two three"}]}
+    reply = await post(gateway, {"max_tokens": 2, "messages": [{"role": "user", "content": "one two three"}]})
+    choice = reply.json()["choices"][0]
+    assert (
+        reply.status == 200
+        and choice["message"]["content"] == "You said:"
+        and choice["finish_reason"] == "stop"
     )
-    choice = json.loads(body)["choices"][0]
-    assert status == 200 and choice["message"]["content"] == "You said:" and choice["finish_reason"] == "stop"
 
 
 async def test_models_lists_every_endpoint(gateway):
-    status, headers, body = await get(gateway, "/api/v1/models")
-    assert status == 200 and headers["x-request-id"]
-    assert [m["id"] for m in json.loads(body)["data"]] == ["llama-chat", "mistral-large"]
-    assert json.loads(body)["object"] == "list"
+    reply = await get(gateway, "/api/v1/models")
+    assert reply.status == 200 and reply.headers["x-request-id"]
+    assert [m["id"] for m in reply.json()["data"]] == ["llama-chat", "mistral-large"]
+    assert reply.json()["object"] == "list"
 
 
 async def test_health_touches_no_upstream(gateway, emulator):
-    status, _, body = await get(gateway, "/api/health")
-    assert status == 200 and json.loads(body) == {"status": "ok"}
+    reply = await get(gateway, "/api/health")
+    assert reply.status == 200 and reply.json() == {"status": "ok"}
     assert emulator[0].requests == []
 
 
 async def test_callers_request_id_is_echoed_and_logged(gateway, caplog):
     with caplog.at_level(logging.INFO, logger="gateway"):
-        status, headers, _ = await post(
+        reply = await post(
             gateway, {"model": "nope", "messages": HELLO}, headers={"x-request-id": "front-end-42"}
         )
-    assert status == 404 and headers["x-request-id"] == "front-end-42"
+    assert reply.status == 404 and reply.headers["x-request-id"] == "front-end-42"
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("gateway.")]
     assert lines and all(line.startswith("[front-end-42] ") for line in lines)
 
@@ -186,7 +163,7 @@ async def test_a_request_id_that_is_not_sane_is_replaced(gateway):
 async def test_new_request_and_completion_ids_differ_from_call_to_call(gateway):
     answers = [await post(gateway, {"messages": HELLO}) for _ in range(3)]
     request_ids = {headers["x-request-id"] for _, headers, _ in answers}
-    completion_ids = {json.loads(body)["id"] for _, _, body in answers}
+    completion_ids = {answer.json()["id"] for answer in answers}
     assert len(request_ids) == 3 and all(re.fullmatch("[0-9a-f]{32}", i) for i in request_ids)
     assert len(completion_ids) == 3 and all(re.fullmatch("chatcmpl-[0-9a-f]{32}", i) for i in completion_ids)
 
@@ -208,49 +185,46 @@ async def test_new_request_and_completion_ids_differ_from_call_to_call(gateway):
     ],
 )
 async def test_bad_input_is_a_400_that_names_the_problem(gateway, emulator, raw, fragments):
-    status, headers, body = await post(gateway, None, raw=raw)
-    error = assert_openai_error(status, body, 400, *fragments)
-    assert error["type"] == "invalid_request_error" and headers["x-request-id"]
+    reply = await post(gateway, raw=raw)
+    error = assert_openai_error(reply, 400, *fragments)
+    assert error["type"] == "invalid_request_error" and reply.headers["x-request-id"]
     assert emulator[0].requests == []
 
 
 async def test_unknown_model_is_a_404_listing_the_models(gateway):
-    status, _, body = await post(gateway, {"model": "gpt-4", "messages": HELLO})
-    error = assert_openai_error(status, body, 404, "'gpt-4'", "llama-chat, mistral-large")
+    reply = await post(gateway, {"model": "gpt-4", "messages": HELLO})
+    error = assert_openai_error(reply, 404, "'gpt-4'", "llama-chat, mistral-large")
     assert error["code"] == "model_not_found" and error["param"] == "model"
 
 
 async def test_mistral_without_user_message_is_a_400(gateway, emulator):
-    status, _, body = await post(
-        gateway, {"model": "mistral-large", "messages": [{"role": "system", "content": "x"}]}
-    )
-    assert_openai_error(status, body, 400, "at least one user message")
+    reply = await post(gateway, {"model": "mistral-large", "messages": [{"role": "system", "content": "x"}]})
+    assert_openai_error(reply, 400, "at least one user message")
     assert emulator[0].requests == []
 
 
 async def test_oversized_body_is_a_413_before_parsing(emulator, start_gateway):
     base = start_gateway(emulator_config(emulator[1], max_request_bytes=2048))
     big = {"messages": [{"role": "user", "content": "x" * 4096}]}
-    status, _, body = await post(base, big)
-    assert_openai_error(status, body, 413, "2048 bytes")
+    assert_openai_error(await post(base, big), 413, "2048 bytes")
 
     async def chunks():  # no Content-Length: the limit holds while reading
         for _ in range(8):
             yield b" " * 1024
 
     async with aiohttp.ClientSession() as session:
-        async with session.post(base + CHAT, data=chunks()) as response:
+        async with session.post(base + CHAT, data=chunks(), headers={"Content-Type": "application/json"}) as response:
             assert response.status == 413
     assert emulator[0].requests == []
 
 
 async def test_unknown_route_and_wrong_method_are_openai_errors(gateway):
-    status, headers, body = await get(gateway, "/api/v1/nothing")
-    assert_openai_error(status, body, 404, "No route /api/v1/nothing")
-    assert headers["x-request-id"]
-    status, headers, body = await get(gateway, CHAT)
-    assert_openai_error(status, body, 405, "GET is not allowed")
-    assert "POST" in headers["allow"]
+    reply = await get(gateway, "/api/v1/nothing")
+    assert_openai_error(reply, 404, "No route /api/v1/nothing")
+    assert reply.headers["x-request-id"]
+    reply = await get(gateway, CHAT)
+    assert_openai_error(reply, 405, "GET is not allowed")
+    assert "POST" in reply.headers["allow"]
 
 
 @pytest.mark.parametrize(
@@ -279,17 +253,17 @@ async def test_unknown_route_and_wrong_method_are_openai_errors(gateway):
 )
 async def test_upstream_failures_map_to_honest_statuses(gateway, emulator, fault, status, fragments):
     emulator[0].add_fault(fault)
-    got, headers, body = await post(gateway, {"messages": HELLO})
-    assert_openai_error(got, body, status, "'llama-chat'", *fragments)
+    reply = await post(gateway, {"messages": HELLO})
+    assert_openai_error(reply, status, "'llama-chat'", *fragments)
     if fault.retry_after:
-        assert headers["Retry-After"] == fault.retry_after
+        assert reply.headers["Retry-After"] == fault.retry_after
 
 
 async def test_throttling_is_passed_on_with_retry_after(gateway, emulator):
     emulator[0].add_fault(Fault(status=429, retry_after="12"))
-    status, headers, body = await post(gateway, {"messages": HELLO})
-    error = assert_openai_error(status, body, 429, "throttling")
-    assert headers["Retry-After"] == "12" and error["type"] == "rate_limit_error"
+    reply = await post(gateway, {"messages": HELLO})
+    error = assert_openai_error(reply, 429, "throttling")
+    assert reply.headers["Retry-After"] == "12" and error["type"] == "rate_limit_error"
 
 
 async def test_upstream_hang_is_a_504_within_timeout(emulator, start_gateway):
@@ -297,26 +271,26 @@ async def test_upstream_hang_is_a_504_within_timeout(emulator, start_gateway):
     config["endpoints"][0]["timeout_s"] = 0.3
     base = start_gateway(config)
     emulator[0].add_fault(Fault(hang=True))
-    status, _, body = await post(base, {"messages": HELLO})
-    assert_openai_error(status, body, 504, "did not answer within its timeout_s (0.3 s)")
+    reply = await post(base, {"messages": HELLO})
+    assert_openai_error(reply, 504, "did not answer within its timeout_s (0.3 s)")
 
 
 async def test_unreachable_endpoint_is_a_503(emulator, start_gateway):
     config = emulator_config("http://127.0.0.1:9")  # discard port: nothing listens
     base = start_gateway(config)
-    status, _, body = await post(base, {"messages": HELLO})
-    error = assert_openai_error(status, body, 503, "'llama-chat' cannot be reached")
+    reply = await post(base, {"messages": HELLO})
+    error = assert_openai_error(reply, 503, "'llama-chat' cannot be reached")
     assert error["code"] == "upstream_unreachable"
 
 
 async def test_refused_key_is_a_502_that_leaks_no_key(emulator, start_gateway, canary_key, caplog):
     base = start_gateway(emulator_config(emulator[1]), environ={"EMULATOR_KEY": "wrong-" + canary_key})
     with caplog.at_level(logging.DEBUG):
-        status, headers, body = await post(base, {"messages": HELLO})
-    error = assert_openai_error(status, body, 502, "refused the gateway's credentials")
+        reply = await post(base, {"messages": HELLO})
+    error = assert_openai_error(reply, 502, "refused the gateway's credentials")
     assert error["code"] == "upstream_auth_failed"
     assert not emulator[0].requests[0].authorized
-    for text in (body.decode(), json.dumps(dict(headers)), caplog.text):
+    for text in (reply.text, json.dumps(dict(reply.headers)), caplog.text):
         assert canary_key not in text and "Bearer" not in text
 
 
@@ -331,10 +305,10 @@ async def test_no_key_in_any_answer_or_log_line(gateway, emulator, canary_key, c
         emulator[0].add_fault(fault)
     with caplog.at_level(logging.DEBUG):
         answers = [await post(gateway, {"messages": HELLO}) for _ in range(len(faults) + 1)]
-    for _, headers, body in answers:
-        assert canary_key not in body.decode() and canary_key not in json.dumps(dict(headers))
+    for answer in answers:
+        assert canary_key not in answer.text and canary_key not in json.dumps(dict(answer.headers))
     assert canary_key not in caplog.text and "Authorization" not in caplog.text
-    assert reply_text(HELLO) in answers[-1][2].decode()
+    assert reply_text(HELLO) in answers[-1].text
 
 
 async def test_a_user_formatter_serves_a_custom_score_endpoint(start_gateway, servers, canary_key):
@@ -363,9 +337,9 @@ async def test_a_user_formatter_serves_a_custom_score_endpoint(start_gateway, se
                 ]
             }
         )
-        status, _, body = await post(base, {"model": "custom", "messages": HELLO})
-        assert status == 200, body
-        assert json.loads(body)["choices"][0]["message"]["content"] == "HELLO THERE"
+        reply = await post(base, {"model": "custom", "messages": HELLO})
+        assert reply.status == 200, reply.body
+        assert reply.json()["choices"][0]["message"]["content"] == "HELLO THERE"
     finally:
         servers.run(server.stop())
 
@@ -381,9 +355,10 @@ async def test_another_azure_ml_compatible_endpoint_on_another_port_needs_no_cod
     server = servers.run(AiohttpServer(other.app).start())
     try:
         base = start_gateway(emulator_config(server.url))
-        status, _, body = await post(base, {"messages": HELLO})
+        reply = await post(base, {"messages": HELLO})
         assert (
-            status == 200 and json.loads(body)["choices"][0]["message"]["content"] == "You said: Hello there"
+            reply.status == 200
+            and reply.json()["choices"][0]["message"]["content"] == "You said: Hello there"
         )
         assert other.requests[0].path == "/score"
     finally:

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 
-import aiohttp
 import openai
 import pytest
 
 from emulator import ToolCall
 
+from .client import CHAT, post, request
 from .conftest import emulator_config
 
-CHAT = "/api/v1/chat/completions"
 WEATHER = {
     "type": "function",
     "function": {
@@ -166,36 +165,29 @@ async def test_cors_preflight_from_an_allowed_origin(cors_gateway):
         "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "content-type, x-request-id",
     }
-    async with aiohttp.ClientSession() as session:
-        async with session.options(cors_gateway + CHAT, headers=headers) as response:
-            assert response.status == 200
-            assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
-            assert "POST" in response.headers["Access-Control-Allow-Methods"]
-            assert "x-request-id" in response.headers["Access-Control-Allow-Headers"].lower()
-        async with session.options(
-            cors_gateway + CHAT, headers={**headers, "Origin": "https://evil.example"}
-        ) as response:
-            assert response.status == 400 and "Access-Control-Allow-Origin" not in response.headers
+    reply = await request("OPTIONS", cors_gateway, CHAT, headers=headers)
+    assert reply.status == 200
+    assert reply.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "POST" in reply.headers["Access-Control-Allow-Methods"]
+    assert "x-request-id" in reply.headers["Access-Control-Allow-Headers"].lower()
+    reply = await request(
+        "OPTIONS", cors_gateway, CHAT, headers={**headers, "Origin": "https://evil.example"}
+    )
+    assert reply.status == 400 and "Access-Control-Allow-Origin" not in reply.headers
 
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_cors_answers_expose_request_id_and_retry_after(cors_gateway, stream):
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            cors_gateway + CHAT, headers={"Origin": ORIGIN}, json={"messages": QUESTION, "stream": stream}
-        ) as response:
-            assert response.status == 200
-            assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
-            exposed = response.headers["Access-Control-Expose-Headers"].lower()
-            assert "x-request-id" in exposed and "retry-after" in exposed
+    reply = await post(cors_gateway, {"messages": QUESTION, "stream": stream}, headers={"Origin": ORIGIN})
+    assert reply.status == 200
+    assert reply.headers["Access-Control-Allow-Origin"] == ORIGIN
+    exposed = reply.headers["Access-Control-Expose-Headers"].lower()
+    assert "x-request-id" in exposed and "retry-after" in exposed
 
 
 async def test_without_an_allowlist_no_origin_is_allowed(gateway):
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            gateway + CHAT, headers={"Origin": ORIGIN}, json={"messages": QUESTION}
-        ) as response:
-            assert response.status == 200 and "Access-Control-Allow-Origin" not in response.headers
+    reply = await post(gateway, {"messages": QUESTION}, headers={"Origin": ORIGIN})
+    assert reply.status == 200 and "Access-Control-Allow-Origin" not in reply.headers
 
 
 def test_cors_allowlist_refuses_a_wildcard():

@@ -144,3 +144,19 @@ async def test_an_opening_failure_is_raised_before_any_event():
     )
     with pytest.raises(GatewayError, match="nope"):
         await anext(events)
+
+
+async def test_a_whole_answer_keeps_its_reasoning_when_made_into_chunks():
+    body = json.dumps(
+        {
+            "choices": [
+                {
+                    "message": {"role": "assistant", "content": "42", "reasoning_content": "6 x 7"},
+                    "finish_reason": "stop",
+                }
+            ]
+        }
+    ).encode()
+    writes, _, _ = await relay(Scripted(body=body))
+    deltas = [json.loads(d)["choices"][0]["delta"] for d in datas(writes)[:-1]]
+    assert {"reasoning_content": "6 x 7"} in deltas and {"content": "42"} in deltas

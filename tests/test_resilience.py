@@ -11,17 +11,14 @@ from email.utils import format_datetime
 import aiohttp
 import aiohttp.web
 import pytest
-from multidict import CIMultiDict
 
 from emulator import Emulator, Fault
 from shared.errors import UpstreamError, UpstreamThrottledError
 from shared.retry import Backoff, Cooldowns, parse_retry_after
 
+from .client import CHAT, HELLO, post, stream
 from .conftest import emulator_config
 from .servers import AiohttpServer
-
-CHAT = "/api/v1/chat/completions"
-HELLO = [{"role": "user", "content": "Hello there"}]
 
 
 def resilient(url: str, *, retries: int = 2, **resilience) -> dict:
@@ -31,22 +28,12 @@ def resilient(url: str, *, retries: int = 2, **resilience) -> dict:
     return config
 
 
-async def post(
-    base: str, body: dict | None = None, headers: dict | None = None
-) -> tuple[int, CIMultiDict, dict]:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            base + CHAT, json=body or {"messages": HELLO}, headers=headers or {}
-        ) as response:
-            return response.status, CIMultiDict(response.headers), json.loads(await response.read())
-
-
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
 async def test_transient_statuses_are_retried(emulator, start_gateway, status):
     base = start_gateway(resilient(emulator[1]))
     emulator[0].add_fault(Fault(status=status, times=2))
-    got, _, body = await post(base)
-    assert got == 200 and body["choices"][0]["message"]["content"] == "You said: Hello there"
+    reply = await post(base)
+    assert reply.status == 200 and reply.json()["choices"][0]["message"]["content"] == "You said: Hello there"
     assert len(emulator[0].requests) == 3
 
 
@@ -54,30 +41,28 @@ async def test_transient_statuses_are_retried(emulator, start_gateway, status):
 async def test_answers_that_will_not_change_are_not_retried(emulator, start_gateway, status):
     base = start_gateway(resilient(emulator[1]))
     emulator[0].add_fault(Fault(status=status, times=3))
-    got, _, _ = await post(base)
-    assert got in (400, 502) and len(emulator[0].requests) == 1
+    assert (await post(base)).status in (400, 502) and len(emulator[0].requests) == 1
 
 
 async def test_a_refused_connection_is_retried_then_503(start_gateway):
     base = start_gateway(resilient("http://127.0.0.1:9"))
     started = time.monotonic()
-    status, _, body = await post(base)
-    assert status == 503 and body["error"]["code"] == "upstream_unreachable"
+    reply = await post(base)
+    assert reply.status == 503 and reply.json()["error"]["code"] == "upstream_unreachable"
     assert time.monotonic() - started < 2
 
 
 async def test_retries_stop_at_max_retries(emulator, start_gateway):
     base = start_gateway(resilient(emulator[1], retries=1))
     emulator[0].add_fault(Fault(status=503, times=5))
-    status, _, _ = await post(base)
-    assert status == 503 and len(emulator[0].requests) == 2
+    assert (await post(base)).status == 503 and len(emulator[0].requests) == 2
 
 
 async def test_retry_after_is_honoured(emulator, start_gateway):
     base = start_gateway(resilient(emulator[1]))
     emulator[0].add_fault(Fault(status=429, retry_after="1"))
     started = time.monotonic()
-    status, _, _ = await post(base)
+    status = (await post(base)).status
     assert status == 200 and 0.95 <= time.monotonic() - started < 3
 
 
@@ -85,8 +70,9 @@ async def test_throttling_to_the_end_is_a_429_with_retry_after(emulator, start_g
     base = start_gateway(resilient(emulator[1], max_retry_after_s=5))
     emulator[0].add_fault(Fault(status=429, retry_after="60", times=5))
     started = time.monotonic()
-    status, headers, body = await post(base)
-    assert status == 429 and headers["Retry-After"] == "60" and body["error"]["type"] == "rate_limit_error"
+    reply = await post(base)
+    assert reply.status == 429 and reply.headers["Retry-After"] == "60"
+    assert reply.json()["error"]["type"] == "rate_limit_error"
     assert time.monotonic() - started < 1  # 60 s is more than max_retry_after_s: not waited for
     assert len(emulator[0].requests) == 1
 
@@ -97,9 +83,9 @@ async def test_a_hanging_endpoint_is_a_504_within_the_deadline(emulator, start_g
     base = start_gateway(config)
     emulator[0].add_fault(Fault(hang=True, times=5))
     started = time.monotonic()
-    status, _, body = await post(base)
+    reply = await post(base)
     elapsed = time.monotonic() - started
-    assert status == 504 and body["error"]["type"] == "timeout"
+    assert reply.status == 504 and reply.json()["error"]["type"] == "timeout"
     assert elapsed < 1.5  # two 0.4 s tries and the rest of the deadline, not 3 × timeout_s and more
 
 
@@ -114,8 +100,8 @@ async def test_a_failing_endpoint_falls_back_in_order(servers, canary_key, start
         config["endpoints"][0]["fallbacks"] = ["mistral-large", "backup"]
         base = start_gateway(config)
         emulator[0].add_fault(Fault(status=503, times=4))  # llama-chat twice, then mistral-large twice
-        status, _, body = await post(base)
-        assert status == 200 and body["model"] == "backup"  # the endpoint that answered
+        reply = await post(base)
+        assert reply.status == 200 and reply.json()["model"] == "backup"  # the endpoint that answered
         assert [r.path for r in emulator[0].requests] == [
             "/score",
             "/score",
@@ -133,8 +119,8 @@ async def test_a_fallback_that_cannot_take_the_request_is_skipped(emulator, star
     base = start_gateway(config)
     emulator[0].add_fault(Fault(status=502))
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-    status, _, body = await post(base, {"model": "mistral-large", "messages": HELLO, "tools": tools})
-    assert status == 502 and "'mistral-large'" in body["error"]["message"]
+    reply = await post(base, {"model": "mistral-large", "messages": HELLO, "tools": tools})
+    assert reply.status == 502 and "'mistral-large'" in reply.json()["error"]["message"]
     assert len(emulator[0].requests) == 1
 
 
@@ -146,21 +132,21 @@ async def test_an_endpoint_failing_repeatedly_cools_down_and_fallbacks_answer_at
     base = start_gateway(config)
     emulator[0].add_fault(Fault(status=500, times=2, path="/score"))
     for _ in range(2):
-        assert (await post(base))[2]["model"] == "mistral-large"
+        assert (await post(base)).json()["model"] == "mistral-large"
     emulator[0].clear()
     for _ in range(3):
-        status, _, body = await post(base)
-        assert status == 200 and body["model"] == "mistral-large"
+        reply = await post(base)
+        assert reply.status == 200 and reply.json()["model"] == "mistral-large"
     assert all(r.path == "/v1/chat/completions" for r in emulator[0].requests)  # /score skipped
 
 
 async def test_a_cooling_endpoint_without_fallback_answers_503_with_retry_after(emulator, start_gateway):
     base = start_gateway(resilient(emulator[1], retries=0, cooldown_failures=1, cooldown_s=30))
     emulator[0].add_fault(Fault(status=500))
-    assert (await post(base))[0] == 502
-    status, headers, body = await post(base)
-    assert status == 503 and body["error"]["code"] == "endpoint_cooling_down"
-    assert 25 <= int(headers["Retry-After"]) <= 30
+    assert (await post(base)).status == 502
+    reply = await post(base)
+    assert reply.status == 503 and reply.json()["error"]["code"] == "endpoint_cooling_down"
+    assert 25 <= int(reply.headers["Retry-After"]) <= 30
     assert len(emulator[0].requests) == 1
 
 
@@ -207,44 +193,37 @@ async def test_concurrency_beyond_max_is_a_429_not_a_pile_up(emulator, start_gat
     base = start_gateway(config)
     emulator[0].add_fault(Fault(latency_s=0.5, times=2))
     answers = await asyncio.gather(*(post(base) for _ in range(5)))
-    statuses = sorted(status for status, _, _ in answers)
-    assert statuses == [200, 200, 429, 429, 429]
-    throttled = [(h, b) for s, h, b in answers if s == 429]
+    assert sorted(answer.status for answer in answers) == [200, 200, 429, 429, 429]
+    throttled = [answer for answer in answers if answer.status == 429]
     assert all(
-        h["Retry-After"] == "1" and b["error"]["code"] == "endpoint_concurrency_limit" for h, b in throttled
+        answer.headers["Retry-After"] == "1"
+        and answer.json()["error"]["code"] == "endpoint_concurrency_limit"
+        for answer in throttled
     )
-    assert (await post(base))[0] == 200  # the slots were given back
+    assert (await post(base)).status == 200  # the slots were given back
 
 
 async def test_a_stream_holds_its_slot_until_it_ends(emulator, start_gateway):
     config = resilient(emulator[1], retries=0)
     config["endpoints"][1]["max_concurrency"] = 1
     base = start_gateway(config)
-    async with aiohttp.ClientSession() as session:
-        for _ in range(3):
-            async with session.post(
-                base + CHAT, json={"model": "mistral-large", "messages": HELLO, "stream": True}
-            ) as response:
-                assert response.status == 200
-                assert (await response.read()).endswith(b"data: [DONE]\n\n")
+    for _ in range(3):
+        reply = await stream(base, {"model": "mistral-large", "messages": HELLO})
+        assert reply.status == 200 and reply.body.endswith(b"data: [DONE]\n\n")
 
 
 async def test_no_retry_after_the_first_byte_of_a_stream(emulator, start_gateway):
     base = start_gateway(resilient(emulator[1]))
     emulator[0].add_fault(Fault(break_stream_after=2))
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            base + CHAT, json={"model": "mistral-large", "messages": HELLO, "stream": True}
-        ) as response:
-            text = (await response.read()).decode()
+    text = (await stream(base, {"model": "mistral-large", "messages": HELLO})).text
     assert '"error"' in text and "[DONE]" not in text
     assert len(emulator[0].requests) == 1
 
 
 async def test_too_many_messages_is_a_400(emulator, start_gateway):
     base = start_gateway(emulator_config(emulator[1], max_messages=3))
-    status, _, body = await post(base, {"messages": HELLO * 4})
-    assert status == 400 and "at most 3 messages" in body["error"]["message"]
+    reply = await post(base, {"messages": HELLO * 4})
+    assert reply.status == 400 and "at most 3 messages" in reply.json()["error"]["message"]
 
 
 async def test_caller_headers_do_not_reach_the_endpoint_but_the_request_id_does(gateway, emulator):
@@ -283,16 +262,16 @@ async def test_an_endpoints_cookies_are_not_sent_back_with_the_next_callers_requ
     base = start_gateway(emulator_config(server.url.replace("127.0.0.1", "localhost")))
     try:
         for _ in range(2):
-            status, _, _ = await post(base, {"model": "mistral-large", "messages": HELLO})
-            assert status == 200
+            assert (await post(base, {"model": "mistral-large", "messages": HELLO})).status == 200
     finally:
         servers.run(server.stop())
     assert cookies_seen == [None, None]
 
 
 async def test_the_model_never_names_a_url(gateway, emulator):
-    status, _, body = await post(gateway, {"model": "http://169.254.169.254/score", "messages": HELLO})
-    assert status == 404 and body["error"]["code"] == "model_not_found" and emulator[0].requests == []
+    reply = await post(gateway, {"model": "http://169.254.169.254/score", "messages": HELLO})
+    assert reply.status == 404 and reply.json()["error"]["code"] == "model_not_found"
+    assert emulator[0].requests == []
 
 
 def test_retry_after_parsing():
@@ -340,7 +319,7 @@ async def test_a_caller_who_leaves_gives_back_its_slot_at_once(emulator, start_g
             await leaving
     started = time.monotonic()
     while True:  # the slot comes back as soon as the gateway notices, not after the hang
-        status, _, _ = await post(base, {"messages": HELLO})
+        status = (await post(base, {"messages": HELLO})).status
         if status != 429 or time.monotonic() - started > 3:
             break
         await asyncio.sleep(0.02)

@@ -13,6 +13,9 @@ from pydantic import BaseModel
 
 from emulator import Fault
 
+from .client import assert_openai_error, post
+from .conftest import emulator_config
+
 DEDICATED, SERVERLESS = "llama-chat", "mistral-large"
 
 WEATHER = {
@@ -341,3 +344,28 @@ def test_a_model_is_retrieved_by_its_id(gateway):
         api.models.retrieve("gpt-x")
     assert error.value.code == "model_not_found" and error.value.body["type"] == "invalid_request_error"
     assert "llama-chat, mistral-large" in error.value.message
+
+
+async def test_a_post_not_declared_json_is_a_415(gateway):
+    reply = await post(
+        gateway,
+        {"model": "llama-chat", "input": "hi"},
+        path="/api/v1/responses",
+        headers={"Content-Type": "text/plain"},
+    )
+    error = assert_openai_error(reply, 415, "Content-Type: application/json")
+    assert error["code"] == "unsupported_media_type"
+
+
+async def test_too_many_input_items_or_parts_are_refused_before_validation(emulator, start_gateway):
+    base = start_gateway(emulator_config(emulator[1], max_messages=3, max_content_parts=4))
+    items = [{"role": "user", "content": "hi"}] * 4
+    error = assert_openai_error(
+        await post(base, {"input": items}, path="/api/v1/responses"), 400, "max_messages"
+    )
+    assert error["param"] == "input"
+    parts = [{"role": "user", "content": [{"type": "input_text", "text": "x"}] * 5}]
+    error = assert_openai_error(
+        await post(base, {"input": parts}, path="/api/v1/responses"), 400, "max_content_parts"
+    )
+    assert not emulator[0].requests

@@ -11,15 +11,14 @@ import time
 import urllib.request
 from types import SimpleNamespace
 
-import aiohttp
 import pytest
 import trustme
 
 from .azure_fakes import FakeIdentityEndpoint, FakeKeyVault
+from .client import CHAT, assert_openai_error, post
 from .conftest import emulator_config
 from .servers import AiohttpServer
 
-CHAT = "/api/v1/chat/completions"
 HELLO = {"messages": [{"role": "user", "content": "Hello there"}]}
 ML_RESOURCE = "https://ml.azure.com"
 
@@ -76,17 +75,6 @@ def start(azure, emulator, start_gateway):
     return start_with
 
 
-async def post(base: str, body: dict = HELLO) -> tuple[int, dict, str]:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(base + CHAT, json=body) as response:
-            return response.status, dict(response.headers), await response.text()
-
-
-def error_message(status: int, text: str, expected: int) -> str:
-    assert status == expected, text
-    return json.loads(text)["error"]["message"]
-
-
 async def test_a_burst_of_cold_requests_reads_the_vault_once_and_gets_one_token(start, azure):
     base = start()
     answers = await asyncio.gather(*(post(base) for _ in range(50)))
@@ -99,7 +87,7 @@ async def test_warm_requests_do_not_read_the_vault(start, azure):
     base = start()
     await post(base)
     for _ in range(20):
-        assert (await post(base))[0] == 200
+        assert (await post(base)).status == 200
     assert azure.vault.reads == 1 and len(azure.identity.token_requests) == 1
 
 
@@ -115,12 +103,12 @@ async def test_each_secret_is_read_once_per_ttl(start, azure):
 
 async def test_a_rotated_key_is_read_again_once_and_the_request_succeeds(start, azure, emulator, caplog):
     base = start()
-    assert (await post(base))[0] == 200
+    assert (await post(base)).status == 200
     azure.vault.secrets["llama-chat-key"] = "rotated-key-2"
     emulator[0].rotate_key("rotated-key-2")
     with caplog.at_level(logging.WARNING, logger="gateway"):
-        status, _, text = await post(base)
-    assert status == 200, text
+        reply = await post(base)
+    assert reply.status == 200, reply.body
     assert azure.vault.reads == 2
     assert "refused its credential (HTTP 401); fetching it again" in caplog.text
     assert [r.authorized for r in emulator[0].requests] == [True, False, True]
@@ -129,14 +117,13 @@ async def test_a_rotated_key_is_read_again_once_and_the_request_succeeds(start, 
 async def test_a_key_refused_again_after_rereading_is_a_502(start, azure, emulator):
     base = start()
     emulator[0].rotate_key("a-key-the-vault-does-not-have")
-    status, _, text = await post(base)
-    assert "refused the gateway's credentials" in error_message(status, text, 502)
+    assert "refused the gateway's credentials" in assert_openai_error(await post(base), 502)["message"]
     assert azure.vault.reads == 2  # read once more, not in a loop
 
 
 async def test_vault_down_with_a_warm_key_keeps_serving(start, azure, caplog):
     base = start(secret_ttl_s=0.2)
-    assert (await post(base))[0] == 200
+    assert (await post(base)).status == 200
     azure.vault.mode = "down"
     await asyncio.sleep(0.3)
     with caplog.at_level(logging.WARNING, logger="gateway"):
@@ -147,52 +134,47 @@ async def test_vault_down_with_a_warm_key_keeps_serving(start, azure, caplog):
 
 async def test_a_stale_key_serves_no_longer_than_max_stale(start, azure):
     base = start(secret_ttl_s=0.1, max_stale_s=0.2)
-    assert (await post(base))[0] == 200
+    assert (await post(base)).status == 200
     azure.vault.mode = "down"
     await asyncio.sleep(0.4)
-    status, _, text = await post(base)
-    assert "'llama-chat-key'" in error_message(status, text, 503)
+    assert "'llama-chat-key'" in assert_openai_error(await post(base), 503)["message"]
 
 
 async def test_vault_down_cold_is_a_503_naming_the_vault_and_the_secret(start, azure, canary_key):
     azure.vault.mode = "down"
     base = start()
     started = time.monotonic()
-    status, _, text = await post(base)
-    message = error_message(status, text, 503)
+    reply = await post(base)
+    error = assert_openai_error(reply, 503)
     assert time.monotonic() - started < 5  # bounded by credentials.timeout_s, not the SDK's retries
-    assert "secret 'llama-chat-key' in Key Vault https://127.0.0.1:" in message
-    assert canary_key not in text
-    assert json.loads(text)["error"]["code"] == "credential_unavailable"
+    assert "secret 'llama-chat-key' in Key Vault https://127.0.0.1:" in error["message"]
+    assert canary_key not in reply.text
+    assert error["code"] == "credential_unavailable"
 
 
 async def test_a_missing_secret_is_a_503_naming_it(start, azure):
     del azure.vault.secrets["llama-chat-key"]
-    status, _, text = await post(start())
-    message = error_message(status, text, 503)
+    message = assert_openai_error(await post(start()), 503)["message"]
     assert "secret 'llama-chat-key'" in message and "does not exist" in message
     assert "az keyvault secret set" in message
 
 
 async def test_access_denied_is_a_503_naming_the_role_to_grant(start, azure):
     azure.vault.mode = "forbidden"
-    status, _, text = await post(start())
-    message = error_message(status, text, 503)
+    message = assert_openai_error(await post(start()), 503)["message"]
     assert "secret 'llama-chat-key'" in message and "'Key Vault Secrets User'" in message
 
 
 async def test_identity_down_is_a_503(start, azure):
     azure.identity.down = True
-    status, _, text = await post(start())
-    message = error_message(status, text, 503)
+    message = assert_openai_error(await post(start()), 503)["message"]
     assert "secret 'llama-chat-key'" in message and "identity" in message
     assert azure.vault.reads == 0
 
 
 async def test_challenge_resource_verification_stays_on(start, azure):
     azure.vault.challenge_resource = "https://vault.azure.net"  # not a suffix of 127.0.0.1
-    status, _, text = await post(start())
-    assert "challenge" in error_message(status, text, 503)
+    assert "challenge" in assert_openai_error(await post(start()), 503)["message"]
     assert azure.vault.reads == 0 and azure.identity.token_requests == []
 
 
@@ -218,8 +200,8 @@ async def test_keyless_endpoints_get_one_cached_entra_token(azure, emulator, sta
 async def test_keyless_endpoint_with_identity_down_is_a_503(azure, emulator, start_gateway):
     azure.identity.down = True
     base = start_gateway(entra_config(emulator[1]), azure.env)
-    status, _, text = await post(base)
-    assert "could not get a token for https://ml.azure.com/.default" in error_message(status, text, 503)
+    message = assert_openai_error(await post(base), 503)["message"]
+    assert "could not get a token for https://ml.azure.com/.default" in message
 
 
 async def test_no_key_or_token_reaches_a_log_line_or_an_answer(start, azure, emulator, canary_key, caplog):
@@ -238,7 +220,7 @@ async def test_no_key_or_token_reaches_a_log_line_or_an_answer(start, azure, emu
         answers.append(await post(base, {**HELLO, "model": "mistral-large"}))
     assert [status for status, _, _ in answers] == [200, 200, 200, 503]
     assert any(r.name.startswith("azure") for r in caplog.records)  # the SDKs did log
-    for text in [caplog.text, *(t + json.dumps(h) for _, h, t in answers)]:
+    for text in [caplog.text, *(a.text + json.dumps(dict(a.headers)) for a in answers)]:
         assert canary_key not in text and vault_token not in text
         assert azure.identity.header_secret not in text
 

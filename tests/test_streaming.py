@@ -11,7 +11,6 @@ import aiohttp
 import openai
 import pytest
 from aiohttp import web
-from multidict import CIMultiDict
 
 from emulator import Emulator, Fault
 from shared.errors import UpstreamTimeoutError
@@ -19,20 +18,12 @@ from shared.http import EventStreamResponse
 from shared.relay import Pacing
 from shared.sse import KEEPALIVE
 
+from .client import CHAT, stream
 from .conftest import emulator_config
 from .servers import AiohttpServer
 
-CHAT = "/api/v1/chat/completions"
 HELLO = [{"role": "user", "content": "Hello there, streaming world"}]
 REPLY = "You said: Hello there, streaming world"
-
-
-async def stream(base: str, body: dict) -> tuple[int, dict, list[str]]:
-    """Status, headers, and the raw SSE lines (blank lines dropped)."""
-    async with aiohttp.ClientSession() as session:
-        async with session.post(base + CHAT, json={**body, "stream": True}) as response:
-            text = (await response.read()).decode()
-            return response.status, CIMultiDict(response.headers), [line for line in text.split("\n") if line]
 
 
 def chunks(lines: list[str]) -> list[dict]:
@@ -45,11 +36,12 @@ def content(lines: list[str]) -> str:
 
 @pytest.mark.parametrize("model", ["mistral-large", "llama-chat"])
 async def test_stream_is_sse_with_one_id_the_gateway_model_and_done(gateway, model):
-    status, headers, lines = await stream(gateway, {"model": model, "messages": HELLO})
-    assert status == 200
-    assert headers["Content-Type"].startswith("text/event-stream")
-    assert headers["Cache-Control"] == "no-cache" and headers["X-Accel-Buffering"] == "no"
-    assert headers["x-request-id"]
+    reply = await stream(gateway, {"model": model, "messages": HELLO})
+    lines = reply.lines
+    assert reply.status == 200
+    assert reply.headers["Content-Type"].startswith("text/event-stream")
+    assert reply.headers["Cache-Control"] == "no-cache" and reply.headers["X-Accel-Buffering"] == "no"
+    assert reply.headers["x-request-id"]
     events = chunks(lines)
     assert lines[-1] == "data: [DONE]" and lines.count("data: [DONE]") == 1
     assert {c["id"] for c in events} == {events[0]["id"]} and events[0]["id"].startswith("chatcmpl-")
@@ -78,29 +70,33 @@ async def test_openai_async_client_streams_a_dedicated_answer(gateway):
 
 
 async def test_include_usage_adds_a_final_usage_chunk(gateway):
-    _, _, lines = await stream(
+    reply = await stream(
         gateway, {"model": "mistral-large", "messages": HELLO, "stream_options": {"include_usage": True}}
     )
+    lines = reply.lines
     last = chunks(lines)[-1]
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == len(REPLY.split())
-    _, _, lines = await stream(gateway, {"model": "mistral-large", "messages": HELLO})
+    reply = await stream(gateway, {"model": "mistral-large", "messages": HELLO})
+    lines = reply.lines
     assert all("usage" not in c for c in chunks(lines))
 
 
 async def test_errors_before_the_first_event_keep_their_status(gateway, emulator):
     emulator[0].add_fault(Fault(status=429, retry_after="4"))
-    status, headers, lines = await stream(gateway, {"model": "mistral-large", "messages": HELLO})
-    assert status == 429 and headers["Retry-After"] == "4"
-    assert headers["Content-Type"].startswith("application/json")
-    assert status == 429 and json.loads(lines[0])["error"]["type"] == "rate_limit_error"
-    status, _, lines = await stream(gateway, {"model": "nope", "messages": HELLO})
-    assert status == 404
+    reply = await stream(gateway, {"model": "mistral-large", "messages": HELLO})
+    lines = reply.lines
+    assert reply.status == 429 and reply.headers["Retry-After"] == "4"
+    assert reply.headers["Content-Type"].startswith("application/json")
+    assert reply.status == 429 and json.loads(lines[0])["error"]["type"] == "rate_limit_error"
+    reply = await stream(gateway, {"model": "nope", "messages": HELLO})
+    assert reply.status == 404
 
 
 async def test_a_stream_broken_midway_ends_with_an_error_event_and_no_done(gateway, emulator):
     emulator[0].add_fault(Fault(break_stream_after=3))
-    status, _, lines = await stream(gateway, {"model": "mistral-large", "messages": HELLO})
-    assert status == 200
+    reply = await stream(gateway, {"model": "mistral-large", "messages": HELLO})
+    lines = reply.lines
+    assert reply.status == 200
     assert "data: [DONE]" not in lines
     error = json.loads(lines[-1][6:])["error"]
     assert (
@@ -136,7 +132,8 @@ async def test_client_disconnect_closes_the_upstream_stream_and_service_goes_on(
         while slow.open_streams and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         assert slow.open_streams == 0
-        _, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+        reply = await stream(base, {"model": "mistral-large", "messages": HELLO})
+        lines = reply.lines
         assert content(lines) == REPLY and lines[-1] == "data: [DONE]"
     finally:
         servers.run(server.stop())
@@ -145,8 +142,9 @@ async def test_client_disconnect_closes_the_upstream_stream_and_service_goes_on(
 async def test_keepalive_comments_while_a_dedicated_answer_is_prepared(emulator, start_gateway):
     base = start_gateway(emulator_config(emulator[1], streaming={"keepalive_s": 0.05}))
     emulator[0].add_fault(Fault(latency_s=0.4))
-    status, _, lines = await stream(base, {"model": "llama-chat", "messages": HELLO})
-    assert status == 200
+    reply = await stream(base, {"model": "llama-chat", "messages": HELLO})
+    lines = reply.lines
+    assert reply.status == 200
     first_chunk = next(i for i, line in enumerate(lines) if line.startswith("data:"))
     assert first_chunk >= 3 and set(lines[:first_chunk]) == {": keep-alive"}
     assert content(lines) == REPLY and lines[-1] == "data: [DONE]"
@@ -156,9 +154,10 @@ async def test_a_stream_longer_than_max_duration_ends_with_an_error(emulator, st
     base = start_gateway(emulator_config(emulator[1], streaming={"keepalive_s": 0.05, "max_duration_s": 0.3}))
     emulator[0].add_fault(Fault(hang=True))
     started = time.monotonic()
-    status, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+    reply = await stream(base, {"model": "mistral-large", "messages": HELLO})
+    lines = reply.lines
     assert time.monotonic() - started < 2
-    assert status == 200 and lines[0] == ": keep-alive" and "data: [DONE]" not in lines
+    assert reply.status == 200 and lines[0] == ": keep-alive" and "data: [DONE]" not in lines
     error = json.loads(lines[-1][6:])["error"]
     assert error["code"] == "upstream_timeout" and "streaming.max_duration_s (0.3 s)" in error["message"]
 
@@ -229,10 +228,11 @@ async def test_sse_framing_edge_cases_are_read_correctly(servers, start_gateway)
     pieces = [raw[i : i + 7] for i in range(0, len(raw), 7)]  # splits events and UTF-8 characters
     server, base = await raw_upstream(servers, start_gateway, pieces)
     try:
-        status, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+        reply = await stream(base, {"model": "mistral-large", "messages": HELLO})
+        lines = reply.lines
     finally:
         servers.run(server.stop())
-    assert status == 200 and content(lines) == "Grüße, 世界"
+    assert reply.status == 200 and content(lines) == "Grüße, 世界"
     assert lines[-1] == "data: [DONE]" and all("usage" not in c for c in chunks(lines))
     assert {c["id"] for c in chunks(lines)} != {"up-1"} and {c["model"] for c in chunks(lines)} == {
         "mistral-large"
@@ -252,7 +252,8 @@ async def test_sse_framing_edge_cases_are_read_correctly(servers, start_gateway)
 async def test_an_unfinished_or_malformed_stream_ends_with_an_error(servers, start_gateway, events, code):
     server, base = await raw_upstream(servers, start_gateway, [e.encode() for e in events])
     try:
-        _, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+        reply = await stream(base, {"model": "mistral-large", "messages": HELLO})
+        lines = reply.lines
     finally:
         servers.run(server.stop())
     assert "data: [DONE]" not in lines, lines
@@ -268,20 +269,22 @@ async def test_events_read_together_with_a_malformed_one_still_reach_the_caller(
     )
     server, base = await raw_upstream(servers, start_gateway, [write.encode()])
     try:
-        status, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+        reply = await stream(base, {"model": "mistral-large", "messages": HELLO})
+        lines = reply.lines
     finally:
         servers.run(server.stop())
-    assert status == 200 and content(lines) == "kept", lines
+    assert reply.status == 200 and content(lines) == "kept", lines
     assert json.loads(lines[-1][6:])["error"]["code"] == "bad_upstream_response", lines
 
 
 async def test_a_malformed_first_event_is_a_502_with_a_status(servers, start_gateway):
     server, base = await raw_upstream(servers, start_gateway, [b"data: <html>\n\n"])
     try:
-        status, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+        reply = await stream(base, {"model": "mistral-large", "messages": HELLO})
+        lines = reply.lines
     finally:
         servers.run(server.stop())
-    assert status == 502 and "endpoint_api_type" in json.loads(lines[0])["error"]["message"]
+    assert reply.status == 502 and "endpoint_api_type" in json.loads(lines[0])["error"]["message"]
 
 
 async def test_an_endpoint_that_ignores_stream_still_gives_a_stream(servers, start_gateway):
@@ -294,7 +297,8 @@ async def test_an_endpoint_that_ignores_stream_still_gives_a_stream(servers, sta
         servers, start_gateway, [json.dumps(completion).encode()], content_type="application/json"
     )
     try:
-        _, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+        reply = await stream(base, {"model": "mistral-large", "messages": HELLO})
+        lines = reply.lines
     finally:
         servers.run(server.stop())
     assert content(lines) == "whole" and lines[-1] == "data: [DONE]"
@@ -335,10 +339,11 @@ async def test_a_stream_that_pauses_gets_keepalives_and_loses_nothing(servers, s
         configure=lambda c: c.update(streaming={"keepalive_s": 0.1}),
     )
     try:
-        status, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+        reply = await stream(base, {"model": "mistral-large", "messages": HELLO})
+        lines = reply.lines
     finally:
         servers.run(server.stop())
-    assert status == 200 and content(lines) == "before after" and lines[-1] == "data: [DONE]"
+    assert reply.status == 200 and content(lines) == "before after" and lines[-1] == "data: [DONE]"
     assert lines.count(": keep-alive") >= 1, lines
 
 
@@ -352,10 +357,11 @@ async def test_an_endpoint_silent_past_its_timeout_mid_stream_ends_it_with_an_er
     pieces = [first.encode(), b": still thinking\n\n"]
     server, base = await raw_upstream(servers, start_gateway, pieces, pause_s=1.5, configure=configure)
     try:
-        status, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
+        reply = await stream(base, {"model": "mistral-large", "messages": HELLO})
+        lines = reply.lines
     finally:
         servers.run(server.stop())
-    assert status == 200 and content(lines) == "started" and ": keep-alive" not in lines
+    assert reply.status == 200 and content(lines) == "started" and ": keep-alive" not in lines
     error = json.loads(lines[-1][6:])["error"]
     assert error["code"] == "upstream_timeout" and "sent nothing for its timeout_s" in error["message"]
 
@@ -421,8 +427,39 @@ async def test_an_endpoint_that_sends_only_its_own_comments_still_leaves_the_cal
         pause_s=0.02,
         configure=lambda config: config.update(streaming={"keepalive_s": 0.1}),
     )
-    status, _, lines = await stream(base, {"model": "mistral-large", "messages": HELLO})
-    assert status == 200 and content(lines) == "late" and lines[-1] == "data: [DONE]"
+    reply = await stream(base, {"model": "mistral-large", "messages": HELLO})
+    lines = reply.lines
+    assert reply.status == 200 and content(lines) == "late" and lines[-1] == "data: [DONE]"
     # About eight are due; a slow machine's timers lower the count, never to none.
     assert 3 <= lines.count(": keep-alive") <= 9, lines
     servers.run(server.stop())
+
+
+async def test_the_endpoint_connection_is_reused_when_its_body_ends_after_done(servers, start_gateway):
+    """An endpoint that ends its body a moment after `data: [DONE]`: the relay reads that end
+    before giving the connection back, so the next stream needs no new connection (against
+    Azure: no new TLS handshake before its first chunk)."""
+    peers: list[tuple[str, int]] = []
+    answer = ("data: " + chunk_json({"role": "assistant", "content": "hi"}, "stop") + "\n\n").encode()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        peers.append(request.transport.get_extra_info("peername"))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(answer + b"data: [DONE]\n\n")
+        await asyncio.sleep(0.02)  # the end of the body comes after [DONE]
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    server = servers.run(AiohttpServer(app).start())
+    base = start_gateway(emulator_config(server.url))
+    try:
+        for _ in range(3):
+            reply = await stream(base, {"model": "mistral-large", "messages": HELLO})
+            assert reply.lines[-1] == "data: [DONE]"
+            await asyncio.sleep(0.05)  # the body's end has been read by now
+        assert len(peers) == 3 and len(set(peers)) == 1, peers
+    finally:
+        servers.run(server.stop())

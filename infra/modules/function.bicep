@@ -151,7 +151,8 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         supportCredentials: false
       }
       // The complete set (the contract test compares it with what the code reads): identity-based
-      // host storage, Entra-authenticated telemetry, and the gateway's own three settings.
+      // host storage (blob only: HTTP triggers need no queue or table), Entra-authenticated
+      // telemetry, and the gateway's own three settings.
       appSettings: [
         {
           name: 'AzureWebJobsStorage__credential'
@@ -164,14 +165,6 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'AzureWebJobsStorage__blobServiceUri'
           value: storage.properties.primaryEndpoints.blob
-        }
-        {
-          name: 'AzureWebJobsStorage__queueServiceUri'
-          value: storage.properties.primaryEndpoints.queue
-        }
-        {
-          name: 'AzureWebJobsStorage__tableServiceUri'
-          value: storage.properties.primaryEndpoints.table
         }
         {
           name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'

@@ -14,8 +14,11 @@ param tags object = {}
 @maxLength(24)
 param keyVaultName string
 
-@description('True: the vault is reachable only through its private endpoint (network.bicep).')
+@description('True: the vault is reachable only through its private endpoint (network.bicep), and from allowedIpRules.')
 param vnetEnabled bool = false
+
+@description('With vnetEnabled: public IP addresses or CIDR ranges let through the firewall (an operator setting secrets from outside the VNet). Empty: no public endpoint at all.')
+param allowedIpRules array = []
 
 @description('Resource ID of the Log Analytics workspace that receives the vault\'s audit logs.')
 param logAnalyticsWorkspaceId string
@@ -39,11 +42,15 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     enabledForDeployment: false
     enabledForTemplateDeployment: false
     enabledForDiskEncryption: false
-    publicNetworkAccess: vnetEnabled ? 'Disabled' : 'Enabled'
+    // 'Disabled' would override every firewall rule: the public endpoint opens only for the
+    // listed addresses, everyone else is denied by the firewall.
+    publicNetworkAccess: (vnetEnabled && empty(allowedIpRules)) ? 'Disabled' : 'Enabled'
     networkAcls: {
       bypass: 'AzureServices'
       defaultAction: vnetEnabled ? 'Deny' : 'Allow'
-      ipRules: []
+      ipRules: [for address in (vnetEnabled ? allowedIpRules : []): {
+        value: address
+      }]
       virtualNetworkRules: []
     }
   }

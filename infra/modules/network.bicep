@@ -2,7 +2,7 @@
 // a VNet with an app-integration subnet delegated to Microsoft.App/environments (what Flex
 // Consumption requires; the subscription needs the Microsoft.App resource provider registered)
 // and a private-endpoint subnet; private endpoints + private DNS zones for the host storage
-// (blob, queue, table) and, when this deployment created it, the Key Vault.
+// (blob: the only storage service the app uses) and, when this deployment created it, the Key Vault.
 
 @description('Azure region of the network resources.')
 param location string
@@ -25,7 +25,7 @@ param privateEndpointSubnetPrefix string = '10.0.2.0/24'
 @description('Prefix of the private endpoint names.')
 param privateEndpointPrefix string = 'pep-'
 
-@description('Resource ID of the host storage account that gets blob, queue and table private endpoints.')
+@description('Resource ID of the host storage account that gets a blob private endpoint.')
 param storageAccountId string
 
 @description('Resource ID of the Key Vault that gets a private endpoint. Empty: none (for example an existing vault managed elsewhere).')
@@ -35,8 +35,6 @@ var appSubnetName = 'snet-app'
 var privateEndpointSubnetName = 'snet-pe'
 var storageGroups = [
   'blob'
-  'queue'
-  'table'
 ]
 var storageAccountName = last(split(storageAccountId, '/'))
 

@@ -15,8 +15,6 @@ param applicationInsightsName string
 // Built-in role definition IDs (the same in every tenant).
 var roles = {
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
-  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
-  storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
 }
 
@@ -28,32 +26,15 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
   name: applicationInsightsName
 }
 
-// Host storage: blobs (leases, keys, the deployment package), queues and tables (internal runtime features).
+// Host storage: blobs only (leases, keys, the deployment package), as in Microsoft's Flex
+// Consumption quickstart. Queue and table roles serve non-HTTP triggers and Durable Functions;
+// this app has only HTTP triggers. (Without table access the host skips writing its diagnostic
+// events to the account; they also reach Application Insights.)
 resource storageBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, identityPrincipalId, roles.storageBlobDataOwner)
   scope: storage
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataOwner)
-    principalId: identityPrincipalId
-    principalType: 'ServicePrincipal'
-  }
-}
-
-resource storageQueueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, identityPrincipalId, roles.storageQueueDataContributor)
-  scope: storage
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
-    principalId: identityPrincipalId
-    principalType: 'ServicePrincipal'
-  }
-}
-
-resource storageTableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, identityPrincipalId, roles.storageTableDataContributor)
-  scope: storage
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageTableDataContributor)
     principalId: identityPrincipalId
     principalType: 'ServicePrincipal'
   }

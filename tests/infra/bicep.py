@@ -167,3 +167,57 @@ def text_without_comments(path: Path) -> str:
         out.append(text[i])
         i += 1
     return "".join(out)
+
+
+#: What `resourceGroup().name` evaluates to in `evaluate`.
+THIS_RESOURCE_GROUP = "<this resource group>"
+
+
+def evaluate(node: Any, values: dict[str, Any], tree: dict[str, Any]) -> Any:
+    """The value of a pycep expression of `tree` for the given parameter values (the others take
+    their defaults): enough of Bicep for the templates' own conditions: literals, parameters and
+    variables, `?:`, `&&`, `||`, `!`, comparisons, `empty()`, `max()`, `resourceGroup().name`."""
+    if node is None or isinstance(node, (bool, int, float)):
+        return node
+    if isinstance(node, list):
+        return [evaluate(item, values, tree) for item in node]
+    if isinstance(node, str):
+        if node in values:
+            return values[node]
+        if node in tree.get("parameters", {}):
+            return evaluate(tree["parameters"][node]["default"], values, tree)
+        if node in tree.get("variables", {}):
+            return evaluate(tree["variables"][node]["value"], values, tree)
+        return node  # a string literal
+    if set(node) == {"operator"}:
+        kind, operands = node["operator"]["type"], node["operator"]["operands"]
+        if kind == "conditional":
+            branch = "true_value" if evaluate(operands["condition"], values, tree) else "false_value"
+            return evaluate(operands[branch], values, tree)
+        if kind == "not":
+            return not evaluate(operands["bool_value"], values, tree)
+        if kind == "property_accessor" and function_call(operands["operand_1"], "resource_group") == {
+            "resource_group_name": None,
+            "subscription_id": None,
+        }:
+            assert operands["operand_2"] == "name", node
+            return THIS_RESOURCE_GROUP
+        binary = {
+            "and": lambda a, b: a and b,
+            "or": lambda a, b: a or b,
+            "less_than": lambda a, b: a < b,
+            "greater_than": lambda a, b: a > b,
+            "equals": lambda a, b: a == b,
+            "not_equals": lambda a, b: a != b,
+        }
+        if kind in binary:
+            left, right = (evaluate(operands[k], values, tree) for k in ("operand_1", "operand_2"))
+            return binary[kind](left, right)
+    if set(node) == {"function"}:
+        kind, parameters = node["function"]["type"], node["function"]["parameters"]
+        arguments = [evaluate(value, values, tree) for value in parameters.values()]
+        if kind == "empty":
+            return len(arguments[0]) == 0
+        if kind == "max":
+            return max(arguments)
+    raise ValueError(f"evaluate() does not handle {node!r}")

@@ -33,9 +33,7 @@ NOT_FROM_AZURE = {
 PLATFORM_READ = {
     "AzureWebJobsStorage__credential",  # identity-based host storage (no connection string)
     "AzureWebJobsStorage__clientId",  # ... with the user-assigned identity
-    "AzureWebJobsStorage__blobServiceUri",
-    "AzureWebJobsStorage__queueServiceUri",
-    "AzureWebJobsStorage__tableServiceUri",
+    "AzureWebJobsStorage__blobServiceUri",  # blob only: HTTP triggers use no queue or table
     "APPLICATIONINSIGHTS_CONNECTION_STRING",  # where telemetry goes (no key: local auth is off)
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",  # ClientId=<identity>;Authorization=AAD
     "PYTHON_ENABLE_INIT_INDEXING",  # HTTP streams on Python <= 3.12

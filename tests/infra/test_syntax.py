@@ -33,6 +33,7 @@ EXPECTED_FILES = {
     "modules/monitoring.bicep",
     "modules/network.bicep",
     "modules/rbac-aml.bicep",
+    "modules/rbac-foundry.bicep",
     "modules/rbac-keyvault.bicep",
     "modules/rbac.bicep",
     "modules/storage.bicep",

@@ -13,6 +13,7 @@ import pytest
 from .bicep import (
     INFRA,
     MODULES,
+    THIS_RESOURCE_GROUP,
     app_settings,
     bicep_files,
     bicepparam_files,
@@ -20,6 +21,7 @@ from .bicep import (
     body,
     condition,
     decorators,
+    evaluate,
     function_call,
     only,
     parse,
@@ -37,29 +39,17 @@ MONITORING = MODULES / "monitoring.bicep"
 
 # Built-in role definition IDs (learn.microsoft.com, "Azure built-in roles").
 STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
-STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
-STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
 KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 KEY_VAULT_SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
 AZUREML_DATA_SCIENTIST = "f6c7c914-8db3-469d-8ca1-694a8f32e121"
+COGNITIVE_SERVICES_OPENAI_USER = "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd"
+COGNITIVE_SERVICES_USER = "a97b65f3-24c7-4388-baec-2e87135dc908"
 
 # (file, role assignment symbol) -> (role, the resource it is scoped to, that resource's type, principal)
 EXPECTED_ROLE_ASSIGNMENTS = {
     ("rbac.bicep", "storageBlobDataOwner"): (
         STORAGE_BLOB_DATA_OWNER,
-        "storage",
-        "Microsoft.Storage/storageAccounts",
-        "identityPrincipalId",
-    ),
-    ("rbac.bicep", "storageQueueDataContributor"): (
-        STORAGE_QUEUE_DATA_CONTRIBUTOR,
-        "storage",
-        "Microsoft.Storage/storageAccounts",
-        "identityPrincipalId",
-    ),
-    ("rbac.bicep", "storageTableDataContributor"): (
-        STORAGE_TABLE_DATA_CONTRIBUTOR,
         "storage",
         "Microsoft.Storage/storageAccounts",
         "identityPrincipalId",
@@ -86,6 +76,18 @@ EXPECTED_ROLE_ASSIGNMENTS = {
         AZUREML_DATA_SCIENTIST,
         "amlWorkspace",
         "Microsoft.MachineLearningServices/workspaces",
+        "identityPrincipalId",
+    ),
+    ("rbac-foundry.bicep", "openAiUser"): (
+        COGNITIVE_SERVICES_OPENAI_USER,
+        "account",
+        "Microsoft.CognitiveServices/accounts",
+        "identityPrincipalId",
+    ),
+    ("rbac-foundry.bicep", "cognitiveServicesUser"): (
+        COGNITIVE_SERVICES_USER,
+        "account",
+        "Microsoft.CognitiveServices/accounts",
         "identityPrincipalId",
     ),
 }
@@ -177,9 +179,12 @@ def test_host_storage_app_settings_are_identity_based() -> None:
     settings = app_settings(parse(FUNCTION))
     assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
     assert settings["AzureWebJobsStorage__clientId"] == "identityClientId"
-    for service in ("blob", "queue", "table"):
-        uri = settings[f"AzureWebJobsStorage__{service}ServiceUri"]
-        assert property_path(uri) == f"storage.properties.primaryEndpoints.{service}"
+    uri = settings["AzureWebJobsStorage__blobServiceUri"]
+    assert property_path(uri) == "storage.properties.primaryEndpoints.blob"
+    # Least privilege: an app with only HTTP triggers uses no queue or table.
+    assert not {"AzureWebJobsStorage__queueServiceUri", "AzureWebJobsStorage__tableServiceUri"} & set(
+        settings
+    )
     assert "AzureWebJobsStorage" not in settings, "a connection string"
     assert not any(name.startswith("AzureWebJobsStorage__accountKey") for name in settings)
 
@@ -316,8 +321,8 @@ def test_roles_exist_before_the_app_starts() -> None:
     main = parse(MAIN)
     assert "identity" in resources(main, "Microsoft.ManagedIdentity/userAssignedIdentities")
     function_app = body(main["modules"]["functionApp"])
-    assert set(function_app["dependsOn"]) == {"rbac", "keyVaultAccess", "amlAccess"}
-    for module in ("rbac", "keyVaultAccess", "amlAccess"):
+    assert set(function_app["dependsOn"]) == {"rbac", "keyVaultAccess", "amlAccess", "foundryAccess"}
+    for module in ("rbac", "keyVaultAccess", "amlAccess", "foundryAccess"):
         params = body(main["modules"][module])["params"]
         assert property_path(params["identityPrincipalId"]) == "identity.properties.principalId", module
     assert property_path(function_app["params"]["identityId"]) == "identity.id"
@@ -488,3 +493,125 @@ def test_outputs_are_upper_snake_and_name_the_app_identity_and_vault() -> None:
     assert outputs["AZURE_FUNCTION_URL"]["value"] == "https://${functionApp.outputs.defaultHostName}/api"
     assert property_path(outputs["AZURE_CLIENT_ID"]["value"]) == "identity.properties.clientId"
     assert property_path(outputs["AZURE_PRINCIPAL_ID"]["value"]) == "identity.properties.principalId"
+
+
+# --- parameter combinations (evaluated from the templates' own expressions) -------------------
+
+
+@pytest.mark.parametrize(
+    ("zone_redundant", "storage_sku", "always_ready", "deployed"),
+    [
+        (False, "Standard_LRS", 0, ("Standard_LRS", 0)),
+        (False, "Standard_ZRS", 1, ("Standard_ZRS", 1)),
+        (True, "Standard_LRS", 0, ("Standard_ZRS", 2)),
+        (True, "Standard_LRS", 1, ("Standard_ZRS", 2)),
+        (True, "Standard_ZRS", 5, ("Standard_ZRS", 5)),
+    ],
+)
+def test_zone_redundancy_deploys_zrs_storage_and_the_two_instances_it_bills(
+    zone_redundant, storage_sku, always_ready, deployed
+) -> None:
+    main = parse(MAIN)
+    values = {
+        "zoneRedundant": zone_redundant,
+        "storageSkuName": storage_sku,
+        "alwaysReadyInstances": always_ready,
+    }
+    storage_sku_param = body(main["modules"]["storage"])["params"]["skuName"]
+    always_ready_param = body(main["modules"]["functionApp"])["params"]["alwaysReadyInstances"]
+    assert (evaluate(storage_sku_param, values, main), evaluate(always_ready_param, values, main)) == deployed
+    plan = body(main["modules"]["functionApp"])["params"]["zoneRedundant"]
+    assert evaluate(plan, values, main) is zone_redundant
+
+
+def test_zone_redundancy_states_its_cost() -> None:
+    for path in (MAIN, SUB):
+        description = decorators(_param(path, "zoneRedundant"))["description"]
+        assert "Standard_ZRS" in description and "2 always-ready" in description, path.name
+        assert "billed even when idle" in description, path.name
+
+
+@pytest.mark.parametrize(
+    ("existing_name", "existing_group", "granted_in"),
+    [
+        ("", "", THIS_RESOURCE_GROUP),
+        ("", "rg-elsewhere", THIS_RESOURCE_GROUP),  # a new vault is created here, so granted here
+        ("kv-shared", "", THIS_RESOURCE_GROUP),
+        ("kv-shared", "rg-elsewhere", "rg-elsewhere"),
+    ],
+)
+def test_the_vault_role_is_granted_where_the_vault_is(existing_name, existing_group, granted_in) -> None:
+    main = parse(MAIN)
+    values = {"existingKeyVaultName": existing_name, "existingKeyVaultResourceGroup": existing_group}
+    creates = evaluate(condition(main["modules"]["keyVault"]), values, main)
+    assert creates is (existing_name == "")
+    access = body(main["modules"]["keyVaultAccess"])
+    scope = function_call(access["scope"], "resource_group")
+    assert evaluate(scope["resource_group_name"], values, main) == granted_in
+    existing = body(resources(main, "Microsoft.KeyVault/vaults", existing=True)["existingKeyVault"])
+    assert (
+        evaluate(function_call(existing["scope"], "resource_group")["resource_group_name"], values, main)
+        == granted_in
+    )
+
+
+@pytest.mark.parametrize(
+    ("vnet", "ip_rules", "public_access", "default_action", "allowed"),
+    [
+        (False, [], "Enabled", "Allow", []),
+        (True, [], "Disabled", "Deny", []),
+        (True, ["203.0.113.7/32"], "Enabled", "Deny", ["203.0.113.7/32"]),
+        (False, ["203.0.113.7/32"], "Enabled", "Allow", []),  # without a VNet the vault stays public
+    ],
+)
+def test_the_vault_firewall_opens_only_for_the_listed_addresses(
+    vnet, ip_rules, public_access, default_action, allowed
+) -> None:
+    """`publicNetworkAccess: 'Disabled'` overrides every firewall rule: the operator's addresses
+    need the public endpoint Enabled with the firewall denying everyone else."""
+    keyvault = parse(KEYVAULT)
+    props = only(keyvault, "Microsoft.KeyVault/vaults")["properties"]
+    values = {"vnetEnabled": vnet, "allowedIpRules": ip_rules}
+    assert evaluate(props["publicNetworkAccess"], values, keyvault) == public_access
+    acls = props["networkAcls"]
+    assert evaluate(acls["defaultAction"], values, keyvault) == default_action
+    loop = acls["ipRules"]
+    assert loop["config"] == {"value": loop["loop_type"]["detail"]["item_name"]}
+    assert evaluate(loop["loop_type"]["detail"]["array_name"], values, keyvault) == allowed
+
+
+def test_the_vault_firewall_addresses_are_parameters_of_both_entry_points() -> None:
+    main, sub = parse(MAIN), parse(SUB)
+    assert _param(MAIN, "keyVaultAllowedIpRules")["default"] == []
+    assert body(main["modules"]["keyVault"])["params"]["allowedIpRules"] == "keyVaultAllowedIpRules"
+    assert body(sub["modules"]["gateway"])["params"]["keyVaultAllowedIpRules"] == "keyVaultAllowedIpRules"
+
+
+@pytest.mark.parametrize("path", bicep_files(), ids=lambda p: p.relative_to(INFRA).as_posix())
+def test_conditional_module_outputs_are_read_with_a_non_null_assertion(path: Path) -> None:
+    """`bicep build` warns (BCP318) on `<conditional module>.outputs`: the module may be null.
+    Every such read here sits behind the module's own condition, said with `!`."""
+    tree, text = parse(path), text_without_comments(path)
+    for name, module in tree.get("modules", {}).items():
+        if condition(module) is not None:
+            assert not re.search(rf"\b{name}\.outputs\b", text), f"{path.name}: {name}.outputs without `!`"
+
+
+def _code_without_strings(path: Path) -> str:
+    """The file's code: comments dropped, each string literal replaced by what it interpolates
+    (`\'` escapes included, which `text_without_comments` does not need to know about)."""
+    token = re.compile(r"//[^\n]*|/\*.*?\*/|'''.*?'''|'(?:[^'\\\n]|\\.)*'", flags=re.S)
+
+    def keep(match: re.Match[str]) -> str:
+        found = match.group(0)
+        return " " if found.startswith("/") else " ".join(re.findall(r"\$\{([^}]*)\}", found))
+
+    return token.sub(keep, path.read_text())
+
+
+@pytest.mark.parametrize("path", bicep_files(), ids=lambda p: p.relative_to(INFRA).as_posix())
+def test_every_parameter_and_variable_is_used(path: Path) -> None:
+    """`bicep build` runs the linter, which warns on unused parameters and variables."""
+    tree, code = parse(path), _code_without_strings(path)
+    for name in [*tree.get("parameters", {}), *tree.get("variables", {})]:
+        assert len(re.findall(rf"(?<![.\w]){name}\b", code)) >= 2, f"{path.name}: {name} is never used"
