@@ -161,7 +161,7 @@ _OPERATIONS: dict[str, dict[str, Any]] = {
                     "text/event-stream": {"schema": _SSE_EVENT},
                 },
             },
-            **_errors("400", "404", "413", "429", "502", "503", "504"),
+            **_errors("400", "404", "413", "415", "421", "429", "502", "503", "504"),
         },
     },
     "retrieve_model": {
