@@ -164,6 +164,14 @@ class StreamingSettings(_Model):
     max_duration_s: float = Field(default=220.0, gt=0)
 
 
+class TelemetrySettings(_Model):
+    """What telemetry records, when it is on (docs/telemetry.md)."""
+
+    #: Record the request's messages on its span (`gen_ai.input.messages`): off by default, as
+    #: conversations may hold personal data.
+    capture_content: bool = False
+
+
 class CorsSettings(_Model):
     """Browser origins the local server answers with CORS headers (in Azure, the platform's
     CORS setting applies instead)."""
@@ -224,6 +232,7 @@ class GatewayConfig(_Model):
     streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
     local_server: LocalServerSettings = Field(default_factory=LocalServerSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -32,6 +32,7 @@ from .openapi import openapi_document
 from .responses import ResponsesCall, parse_responses_request
 from .service import Gateway
 from .sse import SSE_HEADERS
+from .tracecontext import bind_caller_trace
 
 log = get_logger("gateway.http")
 
@@ -194,6 +195,7 @@ async def _health(request: Request) -> Response:
 
 async def _respond(request: Request, handler: Handler) -> Response:
     request_id = bind_request_id(request.headers.get(REQUEST_ID_HEADER))
+    bind_caller_trace(request.headers)
     try:
         response = await handler(request)
     except GatewayError as exc:

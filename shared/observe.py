@@ -39,6 +39,11 @@ class Exchange:
     started: float = field(default_factory=time.monotonic)
     #: Per-request state that observers keep for themselves, under a key of their own.
     state: dict[str, Any] = field(default_factory=dict)
+    #: The validated request (a `ChatRequest`: its parameters, its messages), if any.
+    request: Any = None
+    #: What broke a stream after its first event (the caller got it as an error event, so
+    #: `request_ended` is told of no error).
+    error: BaseException | None = None
 
 
 class Observer:

@@ -212,11 +212,13 @@ async def relay_chat(
         if not started:
             raise
         log.warning("stream from endpoint %r ended early: %s", exchange.endpoint, exc.message)
+        exchange.error = exc
         yield writer.failed(exc.body())
-    except Exception:
+    except Exception as exc:
         if not started:
             raise
         log.exception("stream from endpoint %r failed unexpectedly", exchange.endpoint)
+        exchange.error = exc
         yield writer.failed(INTERNAL_ERROR_BODY)
 
 

@@ -20,6 +20,7 @@ from .relay import CHAT_EVENTS, EventWriter, Pacing, relay_chat
 from .response_events import ResponseEvents
 from .responses import ResponsesCall, response_from_result
 from .routing import UpstreamRequest, build_upstream_request
+from .telemetry import telemetry_observer
 from .transport import Sender, Transport, UpstreamResponse
 
 log = get_logger("gateway.service")
@@ -60,7 +61,8 @@ class Gateway:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> Gateway:
         config = load_config(environ)
-        return cls(config, credentials=Credentials(environ, config.credentials))
+        credentials = Credentials(environ, config.credentials)
+        return cls(config, credentials=credentials, observer=telemetry_observer(environ, config))
 
     def models(self) -> dict[str, Any]:
         return self._model_list
@@ -105,13 +107,13 @@ class Gateway:
                 )
                 response = await upstream.read()
             result = read_result(answered_by, response)
+            exchange.usage = result.usage
+            exchange.finish_reasons.extend(c.finish_reason or "stop" for c in result.choices)
         except BaseException as exc:
             error = exc
             raise
         finally:
             self._observer.request_ended(exchange, error)
-        exchange.usage = result.usage
-        exchange.finish_reasons.extend(c.finish_reason or "stop" for c in result.choices)
         return answered_by, result
 
     async def _stream(
@@ -149,7 +151,7 @@ class Gateway:
 
     def _start(self, request: ChatRequest, operation: str) -> tuple[Target, Exchange]:
         endpoint = self.pipeline.endpoint_for(request.model)
-        exchange = Exchange(operation, endpoint.name, request.stream, current_request_id())
+        exchange = Exchange(operation, endpoint.name, request.stream, current_request_id(), request=request)
         self._observer.request_started(exchange)
         return endpoint, exchange
 

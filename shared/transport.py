@@ -21,6 +21,7 @@ from .config import DEFAULT_MAX_RESPONSE_BYTES
 from .errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
 from .retry import parse_retry_after
 from .routing import UpstreamRequest
+from .tracecontext import upstream_traceparent
 
 USER_AGENT = "azureml-chat-gateway/0.1"
 #: An error answer is read for its message only: what is past this is not read.
@@ -167,6 +168,9 @@ class Transport:
         """POST the request; the answer's status and headers, its body to be read as it comes.
         The caller releases it. A redirect is never followed: the request carries the key and
         the conversation, which go only to `endpoint_url`."""
+        traceparent = upstream_traceparent()
+        if traceparent is not None:
+            request.headers["traceparent"] = traceparent
         try:
             response = await self._client().post(
                 request.url,

@@ -27,6 +27,9 @@ NOT_FROM_AZURE = {
     "GATEWAY_LOG_LEVEL": "the local server's log level; in Azure, host.json and Application Insights rule",
     "IDENTITY_ENDPOINT": "set by the App Service / Functions platform when a managed identity is attached",
     "MSI_ENDPOINT": "legacy name of IDENTITY_ENDPOINT, also set by the platform",
+    "FUNCTIONS_WORKER_RUNTIME": "set by the Functions platform; telemetry reads it to leave requests to the host",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "telemetry to an OTLP collector (local server, containers); Azure uses Application Insights",
+    "OTEL_SERVICE_NAME": "the service name on telemetry; in Azure the default names the gateway",
 }
 
 # Read by the Functions platform, not by the gateway's code.
@@ -34,8 +37,8 @@ PLATFORM_READ = {
     "AzureWebJobsStorage__credential",  # identity-based host storage (no connection string)
     "AzureWebJobsStorage__clientId",  # ... with the user-assigned identity
     "AzureWebJobsStorage__blobServiceUri",  # blob only: HTTP triggers use no queue or table
-    "APPLICATIONINSIGHTS_CONNECTION_STRING",  # where telemetry goes (no key: local auth is off)
-    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",  # ClientId=<identity>;Authorization=AAD
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",  # where telemetry goes (no key: local auth is off); the gateway's too
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",  # ClientId=<identity>;Authorization=AAD; the gateway's too
     "PYTHON_ENABLE_INIT_INDEXING",  # HTTP streams on Python <= 3.12
 }
 
@@ -110,7 +113,13 @@ def test_the_templates_set_exactly_what_code_and_platform_read() -> None:
         "or add it to PLATFORM_READ with what reads it"
     )
     # The two sets, as of this version (also a check that the scanner sees the code at all).
-    assert code_read - set(NOT_FROM_AZURE) == {"AZURE_CLIENT_ID", "GATEWAY_CONFIG", "KEY_VAULT_URL"}
+    assert code_read - set(NOT_FROM_AZURE) == {
+        "AZURE_CLIENT_ID",
+        "GATEWAY_CONFIG",
+        "KEY_VAULT_URL",
+        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+    }
 
 
 def test_settings_that_azure_must_not_set_are_not_set_and_still_read() -> None:

@@ -1,0 +1,551 @@
+"""Telemetry on: OpenTelemetry traces, metrics and logs, following the GenAI semantic conventions.
+
+Imported only when `shared.telemetry` finds a destination configured. `install` sets up one tracer,
+meter and logger provider per process (flushed at exit) with the Application Insights exporter
+(Microsoft Entra authentication when `APPLICATIONINSIGHTS_AUTHENTICATION_STRING` says
+`Authorization=AAD`) or the OTLP/HTTP one, and returns a `TelemetryObserver`.
+
+What is recorded (docs/telemetry.md): a span per request (`POST /v1/chat/completions`), a client
+span per upstream try (`chat <model>`), `gen_ai.client.token.usage` and
+`gen_ai.client.operation.duration` per answered call, and the gateway's own counters. Caller ids
+go on spans only, never on metric attributes; message text only with `telemetry.capture_content`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.metrics import Meter, MeterProvider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from . import tracecontext
+from .codec import dumps
+from .config import EndpointConfig, GatewayConfig
+from .errors import GatewayError
+from .logs import get_logger
+from .observe import Exchange, Observer
+
+log = get_logger("gateway.telemetry")
+
+#: The OpenTelemetry semantic conventions release followed (GenAI spans and metrics).
+SEMCONV_VERSION = "1.41.0"
+SCHEMA_URL = f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
+DEFAULT_SERVICE_NAME = "azureml-chat-gateway"
+#: `gen_ai.provider.name` of Azure ML online endpoints (and of any host that is not one of
+#: Azure's model services): not a well-known value of the conventions, which name none for Azure ML.
+AZURE_ML_PROVIDER = "azure.ml"
+
+#: Bucket boundaries the conventions advise for `gen_ai.client.token.usage` ({token}).
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+#: ... and for `gen_ai.client.operation.duration` and time to first chunk (s).
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+
+#: Where a request's telemetry is kept in `Exchange.state`.
+STATE_KEY = "telemetry"
+#: The most of the messages' JSON recorded with `capture_content` (attribute values have limits).
+MAX_CONTENT_CHARS = 32_768
+#: Token counts above this are an endpoint's nonsense, not recorded.
+MAX_TOKENS = 1 << 40
+
+_ROUTES = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}
+_PARAMETERS = (
+    ("max_tokens", "gen_ai.request.max_tokens"),
+    ("max_completion_tokens", "gen_ai.request.max_tokens"),
+    ("max_output_tokens", "gen_ai.request.max_tokens"),
+    ("temperature", "gen_ai.request.temperature"),
+    ("top_p", "gen_ai.request.top_p"),
+)
+
+
+def provider_name(url: str) -> str:
+    """`gen_ai.provider.name` for an endpoint URL: the conventions' names for Azure OpenAI and
+    Azure AI model inference, `azure.ml` for everything else (Azure ML online endpoints)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if host.endswith(".openai.azure.com") or (
+        host.endswith(".services.ai.azure.com") and "/openai/" in parts.path
+    ):
+        return "azure.ai.openai"
+    if host.endswith((".services.ai.azure.com", ".models.ai.azure.com")):
+        return "azure.ai.inference"
+    return AZURE_ML_PROVIDER
+
+
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    """What spans and metrics say of one configured endpoint (all from the configuration: a
+    bounded set of values, fit for metric attributes)."""
+
+    model: str
+    attributes: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, endpoint: EndpointConfig) -> _Endpoint:
+        parts = urlsplit(endpoint.endpoint_url)
+        model = endpoint.upstream_model or endpoint.name
+        return cls(
+            model,
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": provider_name(endpoint.endpoint_url),
+                "gen_ai.request.model": model,
+                "gen_ai.response.model": model,
+                "server.address": parts.hostname or "",
+                "server.port": parts.port or (443 if parts.scheme == "https" else 80),
+                "gateway.endpoint": endpoint.name,
+            },
+        )
+
+
+@dataclass(slots=True)
+class _RequestTelemetry:
+    span: Span
+    context: otel_context.Context
+    trying: Span | None = None
+    trying_endpoint: str | None = None
+    try_started: float = 0.0
+    #: The try whose answer is being read: its span ends with the request.
+    answered: Span | None = None
+    answered_endpoint: str | None = None
+    answered_started: float = 0.0
+    events: list[str] = field(default_factory=list)
+
+
+class TelemetryObserver(Observer):
+    """Spans and metrics from the pipeline's events."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        tracer_provider: TracerProvider,
+        meter_provider: MeterProvider,
+        *,
+        server_kind: SpanKind = SpanKind.SERVER,
+    ) -> None:
+        self._tracer: Tracer = tracer_provider.get_tracer("gateway", schema_url=SCHEMA_URL)
+        meter: Meter = meter_provider.get_meter("gateway", schema_url=SCHEMA_URL)
+        self._server_kind = server_kind
+        self._capture_content = config.telemetry.capture_content
+        self._endpoints = {e.name: _Endpoint.of(e) for e in config.endpoints}
+        self._propagator = TraceContextTextMapPropagator()
+        self._token_usage = meter.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Tokens used by an answered call, by gen_ai.token.type",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )
+        self._duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="Duration of a call to an endpoint, until its whole answer was read",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._time_to_first_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk",
+            unit="s",
+            description="Time from the request to the first event of a streamed answer",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._requests = meter.create_counter(
+            "gateway.requests", unit="{request}", description="Requests answered or failed"
+        )
+        self._tries = meter.create_counter(
+            "gateway.upstream.tries", unit="{try}", description="Calls sent to endpoints"
+        )
+        self._retries = meter.create_counter(
+            "gateway.upstream.retries", unit="{retry}", description="Tries scheduled again after a failure"
+        )
+        self._fallbacks = meter.create_counter(
+            "gateway.fallbacks", unit="{fallback}", description="Requests passed to a fallback endpoint"
+        )
+        self._cooldowns = meter.create_counter(
+            "gateway.cooldowns.opened", unit="{cooldown}", description="Endpoints put in cooldown"
+        )
+        self._limit_rejections = meter.create_counter(
+            "gateway.limit.rejections", unit="{request}", description="Requests refused by a gateway limit"
+        )
+        self._credential_fetches = meter.create_counter(
+            "gateway.credential.fetches",
+            unit="{fetch}",
+            description="Keys read from their source (Key Vault, the environment) or tokens issued",
+        )
+        self._stale_served = meter.create_counter(
+            "gateway.credential.stale_served",
+            unit="{event}",
+            description="Cached keys served past their refresh time while the source was down",
+        )
+        self._credential_refusals = meter.create_counter(
+            "gateway.credential.refusals",
+            unit="{refusal}",
+            description="Credentials an endpoint refused (401/403)",
+        )
+
+    # -- requests
+
+    def request_started(self, exchange: Exchange) -> None:
+        traceparent, tracestate = tracecontext.caller_trace()
+        parent = None
+        if traceparent is not None:
+            carrier = {"traceparent": traceparent}
+            if tracestate is not None:
+                carrier["tracestate"] = tracestate
+            parent = self._propagator.extract(carrier)
+        route = _ROUTES.get(exchange.operation, "/v1/" + exchange.operation)
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": exchange.model,
+            "http.request.method": "POST",
+            "http.route": route,
+            "gateway.api": exchange.operation,
+            "gateway.stream": exchange.stream,
+        }
+        if exchange.request_id:
+            attributes["gateway.request_id"] = exchange.request_id
+        caller = _caller_id(exchange)
+        if caller:
+            attributes["enduser.id"] = caller
+        request = exchange.request
+        parameters = getattr(request, "parameters", None)
+        if isinstance(parameters, dict):
+            for name, attribute in _PARAMETERS:
+                value = parameters.get(name)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    attributes[attribute] = value
+        if self._capture_content and request is not None:
+            attributes["gen_ai.input.messages"] = _bounded_json(getattr(request, "messages", None))
+        span = self._tracer.start_span(
+            f"POST {route}", context=parent, kind=self._server_kind, attributes=attributes
+        )
+        context = trace.set_span_in_context(span, parent)
+        # The request's log records carry its trace and span ids. Each request runs in a task
+        # of its own, whose context ends with it: nothing to detach.
+        otel_context.attach(context)
+        exchange.state[STATE_KEY] = _RequestTelemetry(span, context)
+
+    def request_ended(self, exchange: Exchange, error: BaseException | None) -> None:
+        tracked: _RequestTelemetry | None = exchange.state.pop(STATE_KEY, None)
+        if tracked is None:
+            return
+        now = time.monotonic()
+        if error is None:
+            error = exchange.error
+        error_type = _error_type(None, error) if error is not None else None
+        input_tokens, output_tokens = _tokens(exchange.usage)
+        finish_reasons = [str(r)[:64] for r in exchange.finish_reasons[:16]]
+        if tracked.trying is not None:  # the caller left, or the request was cancelled, mid-try
+            _end_failed(tracked.trying, error_type or "cancelled")
+            tracked.trying = None
+        answered = tracked.answered
+        if answered is not None and tracked.answered_endpoint is not None:
+            endpoint = self._endpoints[tracked.answered_endpoint]
+            _set_answer(answered, input_tokens, output_tokens, finish_reasons)
+            metric_attributes = dict(endpoint.attributes)
+            if error_type is not None:
+                metric_attributes["error.type"] = error_type
+                _end_failed(answered, error_type)
+            else:
+                answered.end()
+            self._duration.record(now - tracked.answered_started, metric_attributes)
+            for count, token_type in ((input_tokens, "input"), (output_tokens, "output")):
+                if count is not None:
+                    self._token_usage.record(count, {**endpoint.attributes, "gen_ai.token.type": token_type})
+        span = tracked.span
+        if exchange.endpoint:
+            span.set_attribute("gateway.endpoint", exchange.endpoint)
+            endpoint_model = self._endpoints.get(exchange.endpoint)
+            if endpoint_model is not None:
+                span.set_attribute("gen_ai.response.model", endpoint_model.model)
+        _set_answer(span, input_tokens, output_tokens, finish_reasons)
+        span.set_attribute("http.response.status_code", _status(error))
+        self._requests.add(
+            1,
+            {"gateway.api": exchange.operation, "gateway.stream": exchange.stream, "error.type": error_type}
+            if error_type is not None
+            else {"gateway.api": exchange.operation, "gateway.stream": exchange.stream},
+        )
+        if error_type is not None:
+            _end_failed(span, error_type)
+        else:
+            span.end()
+
+    # -- upstream tries
+
+    def try_started(self, exchange: Exchange, endpoint: str, attempt: int) -> None:
+        tracked: _RequestTelemetry | None = exchange.state.get(STATE_KEY)
+        described = self._endpoints.get(endpoint)
+        if tracked is None or described is None:
+            return
+        span = self._tracer.start_span(
+            f"chat {described.model}",
+            context=tracked.context,
+            kind=SpanKind.CLIENT,
+            attributes={**described.attributes, "gateway.attempt": attempt},
+        )
+        tracked.trying, tracked.trying_endpoint, tracked.try_started = span, endpoint, time.monotonic()
+        span_context = span.get_span_context()
+        tracecontext.set_upstream_traceparent(
+            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+        )
+
+    def try_ended(
+        self, exchange: Exchange, endpoint: str, attempt: int, status: int | None, error: GatewayError | None
+    ) -> None:
+        tracecontext.set_upstream_traceparent(None)
+        tracked: _RequestTelemetry | None = exchange.state.get(STATE_KEY)
+        if tracked is None or tracked.trying is None:
+            return
+        span, tracked.trying = tracked.trying, None
+        described = self._endpoints[endpoint]
+        if status is not None:
+            span.set_attribute("http.response.status_code", status)
+        if error is None:
+            self._tries.add(1, {"gateway.endpoint": endpoint})
+            tracked.answered, tracked.answered_endpoint = span, endpoint
+            tracked.answered_started = tracked.try_started
+            return
+        error_type = _error_type(status, error)
+        self._tries.add(1, {"gateway.endpoint": endpoint, "error.type": error_type})
+        self._duration.record(
+            time.monotonic() - tracked.try_started, {**described.attributes, "error.type": error_type}
+        )
+        _end_failed(span, error_type)
+
+    def retry_scheduled(
+        self, exchange: Exchange, endpoint: str, attempt: int, delay_s: float, error: GatewayError
+    ) -> None:
+        self._retries.add(1, {"gateway.endpoint": endpoint})
+        tracked: _RequestTelemetry | None = exchange.state.get(STATE_KEY)
+        if tracked is not None:
+            tracked.span.add_event(
+                "gateway.retry",
+                {"gateway.endpoint": endpoint, "gateway.attempt": attempt, "gateway.delay_s": delay_s},
+            )
+
+    def fallback(self, exchange: Exchange, failed: str, to: str, error: GatewayError) -> None:
+        self._fallbacks.add(1, {"gateway.endpoint": failed, "gateway.fallback_to": to})
+        tracked: _RequestTelemetry | None = exchange.state.get(STATE_KEY)
+        if tracked is not None:
+            tracked.span.add_event(
+                "gateway.fallback",
+                {
+                    "gateway.endpoint": failed,
+                    "gateway.fallback_to": to,
+                    "error.type": _error_type(None, error),
+                },
+            )
+
+    def cooldown_opened(self, endpoint: str, cooldown_s: float) -> None:
+        self._cooldowns.add(1, {"gateway.endpoint": endpoint})
+
+    def first_chunk(self, exchange: Exchange) -> None:
+        tracked: _RequestTelemetry | None = exchange.state.get(STATE_KEY)
+        if tracked is None:
+            return
+        elapsed = time.monotonic() - exchange.started
+        tracked.span.set_attribute("gen_ai.response.time_to_first_chunk", elapsed)
+        if tracked.answered is not None and tracked.answered_endpoint is not None:
+            tracked.answered.set_attribute(
+                "gen_ai.response.time_to_first_chunk", time.monotonic() - tracked.answered_started
+            )
+            self._time_to_first_chunk.record(elapsed, self._endpoints[tracked.answered_endpoint].attributes)
+
+    def limit_rejected(self, exchange: Exchange, limit: str, error: GatewayError) -> None:
+        self._limit_rejections.add(1, {"gateway.limit": limit})
+
+    # -- credentials
+
+    def credential_fetched(self, auth_type: str, name: str) -> None:
+        self._credential_fetches.add(1, {"gateway.auth_type": auth_type})
+
+    def credential_served_stale(self, auth_type: str, name: str, error: GatewayError) -> None:
+        self._stale_served.add(1, {"gateway.auth_type": auth_type})
+
+    def credential_refused(self, exchange: Exchange, endpoint: str, status: int) -> None:
+        self._credential_refusals.add(1, {"gateway.endpoint": endpoint})
+
+
+def _caller_id(exchange: Exchange) -> str | None:
+    """The caller's id, if the caller-auth layer set one (`Exchange.caller`: an id, or an
+    object with an `id`)."""
+    caller = getattr(exchange, "caller", None)
+    if caller is None:
+        return None
+    value = caller if isinstance(caller, str) else getattr(caller, "id", None)
+    return value[:256] if isinstance(value, str) and value else None
+
+
+def _error_type(status: int | None, error: BaseException | None) -> str:
+    """`error.type`: a low-cardinality name of what went wrong (an endpoint's HTTP status, the
+    gateway's error code, or the exception's class)."""
+    if status is not None and status >= 400:
+        return str(status)
+    if isinstance(error, GatewayError):
+        return error.code or type(error).__name__
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled"
+    return type(error).__qualname__ if error is not None else "_OTHER"
+
+
+def _status(error: BaseException | None) -> int:
+    if error is None:
+        return 200
+    if isinstance(error, GatewayError):
+        return error.status
+    if isinstance(error, asyncio.CancelledError):
+        return 499  # the caller left
+    return 500
+
+
+def _end_failed(span: Span, error_type: str) -> None:
+    span.set_attribute("error.type", error_type)
+    span.set_status(Status(StatusCode.ERROR))
+    span.end()
+
+
+def _tokens(usage: Mapping[str, Any] | None) -> tuple[int | None, int | None]:
+    """Input and output token counts of an endpoint's `usage`, when they are sane integers."""
+    if not isinstance(usage, Mapping):
+        return None, None
+
+    def count(*names: str) -> int | None:
+        for name in names:
+            value = usage.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
+                return value
+        return None
+
+    return count("prompt_tokens", "input_tokens"), count("completion_tokens", "output_tokens")
+
+
+def _set_answer(
+    span: Span, input_tokens: int | None, output_tokens: int | None, finish_reasons: list[str]
+) -> None:
+    if input_tokens is not None:
+        span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+    if output_tokens is not None:
+        span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+    if finish_reasons:
+        span.set_attribute("gen_ai.response.finish_reasons", finish_reasons)
+
+
+def _bounded_json(value: Any) -> str:
+    try:
+        text = dumps(value).decode("utf-8", "replace")
+    except Exception:
+        return ""
+    return text if len(text) <= MAX_CONTENT_CHARS else text[:MAX_CONTENT_CHARS] + "…"
+
+
+# -- set-up, once per process
+
+_installed: tuple[Any, Any] | None = None
+
+
+def install(destination: str, environ: Mapping[str, str], config: GatewayConfig) -> TelemetryObserver:
+    """Set up the providers and exporters for `destination` ("azure_monitor" or "otlp") once per
+    process, and return an observer over them."""
+    global _installed
+    if _installed is None:
+        _installed = _providers(destination, environ)
+        tracecontext.enable()
+        log.info(
+            "telemetry on: exporting to %s",
+            "Application Insights" if destination == "azure_monitor" else "OTLP",
+        )
+    tracer_provider, meter_provider = _installed
+    # In Azure Functions the host records each invocation as a request already: the gateway's
+    # span is an internal one under it, so requests are not counted twice.
+    kind = SpanKind.INTERNAL if environ.get("FUNCTIONS_WORKER_RUNTIME") else SpanKind.SERVER
+    return TelemetryObserver(config, tracer_provider, meter_provider, server_kind=kind)
+
+
+def _providers(destination: str, environ: Mapping[str, str]) -> tuple[Any, Any]:
+    from opentelemetry import metrics
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME})
+    if destination == "azure_monitor":
+        span_exporter, metric_exporter, log_exporter = _azure_monitor_exporters(environ)
+    else:
+        span_exporter, metric_exporter, log_exporter = _otlp_exporters(environ)
+    # The sampler is the SDK's, from OTEL_TRACES_SAMPLER: by default parentbased_always_on, so a
+    # request's upstream tries are kept or dropped with it, and a caller's decision is followed.
+    tracer_provider = SdkTracerProvider(resource=resource)
+    tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    meter_provider = SdkMeterProvider(
+        resource=resource, metric_readers=[PeriodicExportingMetricReader(metric_exporter)]
+    )
+    logger_provider = LoggerProvider(resource=resource)
+    logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
+    # The gateway's own log records, with the trace and span ids of the request they belong to.
+    handler = LoggingHandler(level=logging.INFO, logger_provider=logger_provider)
+    logging.getLogger("gateway").addHandler(handler)
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(meter_provider)
+    return tracer_provider, meter_provider
+
+
+def _otlp_exporters(environ: Mapping[str, str]) -> tuple[Any, Any, Any]:
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    base = environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/")
+    return (
+        OTLPSpanExporter(endpoint=f"{base}/v1/traces"),
+        OTLPMetricExporter(endpoint=f"{base}/v1/metrics"),
+        OTLPLogExporter(endpoint=f"{base}/v1/logs"),
+    )
+
+
+def _azure_monitor_exporters(environ: Mapping[str, str]) -> tuple[Any, Any, Any]:
+    from azure.monitor.opentelemetry.exporter import (
+        AzureMonitorLogExporter,
+        AzureMonitorMetricExporter,
+        AzureMonitorTraceExporter,
+    )
+
+    options: dict[str, Any] = {"connection_string": environ["APPLICATIONINSIGHTS_CONNECTION_STRING"]}
+    authentication = _settings(environ.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", ""))
+    if authentication.get("authorization", "").upper() == "AAD":
+        options["credential"] = _exporter_credential(
+            environ, authentication.get("clientid") or environ.get("AZURE_CLIENT_ID") or None
+        )
+    return (
+        AzureMonitorTraceExporter(**options),
+        AzureMonitorMetricExporter(**options),
+        AzureMonitorLogExporter(**options),
+    )
+
+
+def _settings(text: str) -> dict[str, str]:
+    """`Key=value;Key=value` (a connection or authentication string), keys lower-cased."""
+    pairs = (part.partition("=") for part in text.split(";") if "=" in part)
+    return {key.strip().lower(): value.strip() for key, _, value in pairs}
+
+
+def _exporter_credential(environ: Mapping[str, str], client_id: str | None) -> Any:
+    """The app's identity, as the gateway's own credential chooses it (shared.credentials), in
+    the synchronous form the exporters call from their own thread."""
+    if environ.get("IDENTITY_ENDPOINT") or environ.get("MSI_ENDPOINT"):
+        from azure.identity import ManagedIdentityCredential
+
+        return ManagedIdentityCredential(client_id=client_id)
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(managed_identity_client_id=client_id)

@@ -1,0 +1,33 @@
+"""Whether telemetry is on, decided from the environment without importing OpenTelemetry.
+
+On when `APPLICATIONINSIGHTS_CONNECTION_STRING` (Application Insights) or
+`OTEL_EXPORTER_OTLP_ENDPOINT` (any OTLP/HTTP collector) is set; then `shared.otel` sets up the
+exporters and returns the observer that records spans and metrics. Off, nothing of OpenTelemetry
+is imported and the gateway's observer is the no-op one (docs/telemetry.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .config import GatewayConfig
+from .observe import NO_OBSERVER, Observer
+
+
+def telemetry_destination(environ: Mapping[str, str]) -> str | None:
+    """ "azure_monitor", "otlp", or None when telemetry is off."""
+    if environ.get("APPLICATIONINSIGHTS_CONNECTION_STRING"):
+        return "azure_monitor"
+    if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return "otlp"
+    return None
+
+
+def telemetry_observer(environ: Mapping[str, str], config: GatewayConfig) -> Observer:
+    """The observer that records telemetry, set up once per process; the no-op one when off."""
+    destination = telemetry_destination(environ)
+    if destination is None:
+        return NO_OBSERVER
+    from .otel import install  # the OpenTelemetry SDK and exporters: only when on
+
+    return install(destination, environ, config)

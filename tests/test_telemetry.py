@@ -1,0 +1,271 @@
+"""Telemetry: spans and metrics recorded through the SDK's in-memory exporter and reader, from a
+real gateway on 127.0.0.1 in front of the emulator; and "off" imports nothing of OpenTelemetry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from emulator import Fault
+from shared import tracecontext
+from shared.asgi import build_app
+from shared.config import load_config
+from shared.credentials import Credentials
+from shared.http import GatewayApi
+from shared.otel import AZURE_ML_PROVIDER, TelemetryObserver, provider_name
+from shared.service import Gateway
+
+from .client import HELLO, post, stream
+from .conftest import emulator_config
+from .servers import UvicornServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_PARENT = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
+
+
+class Recorded:
+    def __init__(self) -> None:
+        self.spans = InMemorySpanExporter()
+        self.metrics = InMemoryMetricReader()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        self.meter_provider = MeterProvider(metric_readers=[self.metrics])
+
+    def finished(self) -> list[Any]:
+        return list(self.spans.get_finished_spans())
+
+    def server(self) -> Any:
+        (span,) = [s for s in self.finished() if s.kind is SpanKind.SERVER]
+        return span
+
+    def clients(self) -> list[Any]:
+        return sorted((s for s in self.finished() if s.kind is SpanKind.CLIENT), key=lambda s: s.start_time)
+
+    def points(self, name: str) -> list[tuple[dict[str, Any], Any]]:
+        data = self.metrics.get_metrics_data()
+        found = []
+        for resource_metrics in data.resource_metrics if data else []:
+            for scope in resource_metrics.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        found.extend((dict(p.attributes), p) for p in metric.data.data_points)
+        return found
+
+
+@pytest.fixture
+def telemetry(servers, canary_key) -> Iterator[Any]:
+    """Start a gateway whose observer records into memory; returns (base URL, Recorded)."""
+    tracecontext.enable()
+    started = []
+
+    def start(config: dict[str, Any]) -> tuple[str, Recorded]:
+        recorded = Recorded()
+        env = {"GATEWAY_CONFIG": json.dumps(config), "EMULATOR_KEY": canary_key}
+        loaded = load_config(env)
+        observer = TelemetryObserver(loaded, recorded.tracer_provider, recorded.meter_provider)
+        gateway = Gateway(loaded, credentials=Credentials(env, loaded.credentials), observer=observer)
+        server = servers.run(UvicornServer(build_app(GatewayApi(gateway))).start())
+        started.append(server)
+        return server.url, recorded
+
+    yield start
+    for server in started:
+        servers.run(server.stop())
+
+
+def _config(url: str, retries: int = 0, **top: Any) -> dict[str, Any]:
+    config = emulator_config(url, resilience={"backoff_s": 0.01, "max_backoff_s": 0.05}, **top)
+    for endpoint in config["endpoints"]:
+        endpoint["max_retries"] = retries
+    return config
+
+
+async def test_a_completion_has_a_server_span_a_client_span_and_token_metrics(emulator, telemetry):
+    base, recorded = telemetry(_config(emulator[1]))
+    body = {"model": "mistral-large", "messages": HELLO, "max_tokens": 50, "temperature": 0.2, "top_p": 0.9}
+    reply = await post(base, body)
+    assert reply.status == 200
+    usage = reply.json()["usage"]
+    server = recorded.server()
+    assert server.name == "POST /v1/chat/completions"
+    assert server.attributes["gen_ai.operation.name"] == "chat"
+    assert server.attributes["gen_ai.request.model"] == "mistral-large"
+    assert server.attributes["gen_ai.request.max_tokens"] == 50
+    assert server.attributes["gen_ai.request.temperature"] == 0.2
+    assert server.attributes["gen_ai.request.top_p"] == 0.9
+    assert server.attributes["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
+    assert server.attributes["gen_ai.usage.output_tokens"] == usage["completion_tokens"]
+    assert server.attributes["http.response.status_code"] == 200
+    assert server.attributes["gateway.request_id"] == reply.headers["x-request-id"]
+    (client,) = recorded.clients()
+    assert client.name == "chat mistral-large"
+    assert client.parent.span_id == server.context.span_id
+    assert client.attributes["gen_ai.provider.name"] == AZURE_ML_PROVIDER
+    assert client.attributes["server.address"] == "127.0.0.1"
+    assert client.attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    assert client.attributes["gen_ai.usage.output_tokens"] == usage["completion_tokens"]
+    assert "error.type" not in client.attributes
+    tokens = {
+        attrs["gen_ai.token.type"]: point.sum for attrs, point in recorded.points("gen_ai.client.token.usage")
+    }
+    assert tokens == {"input": usage["prompt_tokens"], "output": usage["completion_tokens"]}
+    ((attrs, point),) = recorded.points("gen_ai.client.operation.duration")
+    assert attrs["gateway.endpoint"] == "mistral-large" and point.count == 1
+    assert list(point.explicit_bounds)[:3] == [0.01, 0.02, 0.04]
+    # No message text by default, anywhere.
+    for span in recorded.finished():
+        assert "Hello there" not in json.dumps({k: str(v) for k, v in span.attributes.items()})
+
+
+async def test_content_is_recorded_only_when_asked(emulator, telemetry):
+    base, recorded = telemetry(_config(emulator[1], telemetry={"capture_content": True}))
+    assert (await post(base)).status == 200
+    assert "Hello there" in recorded.server().attributes["gen_ai.input.messages"]
+
+
+async def test_a_stream_records_time_to_first_chunk_and_usage(emulator, telemetry):
+    base, recorded = telemetry(_config(emulator[1]))
+    reply = await stream(
+        base, {"model": "mistral-large", "messages": HELLO, "stream_options": {"include_usage": True}}
+    )
+    assert reply.status == 200
+    server = recorded.server()
+    assert server.attributes["gateway.stream"] is True
+    assert server.attributes["gen_ai.response.time_to_first_chunk"] > 0
+    assert server.attributes["gen_ai.usage.output_tokens"] > 0
+    assert len(recorded.points("gen_ai.client.operation.time_to_first_chunk")) == 1
+
+
+async def test_a_retry_then_success_has_two_client_spans(emulator, telemetry):
+    base, recorded = telemetry(_config(emulator[1], retries=2))
+    emulator[0].add_fault(Fault(status=503))
+    assert (await post(base)).status == 200
+    first, second = recorded.clients()
+    assert first.attributes["error.type"] == "503" and first.attributes["http.response.status_code"] == 503
+    assert "error.type" not in second.attributes and second.attributes["gateway.attempt"] == 1
+    assert [p.value for _, p in recorded.points("gateway.upstream.retries")] == [1]
+    tries = {attrs.get("error.type"): p.value for attrs, p in recorded.points("gateway.upstream.tries")}
+    assert tries == {"503": 1, None: 1}
+    assert [e.name for e in recorded.server().events] == ["gateway.retry"]
+
+
+async def test_a_fallback_is_counted_and_spans_name_both_endpoints(emulator, telemetry):
+    config = _config(emulator[1])
+    config["endpoints"][1]["fallbacks"] = ["llama-chat"]
+    base, recorded = telemetry(config)
+    emulator[0].add_fault(Fault(status=500, path="/v1/chat/completions"))
+    assert (await post(base, {"model": "mistral-large", "messages": HELLO})).status == 200
+    failed, answered = recorded.clients()
+    assert (failed.name, answered.name) == ("chat mistral-large", "chat llama-chat")
+    ((attrs, point),) = recorded.points("gateway.fallbacks")
+    assert (
+        attrs == {"gateway.endpoint": "mistral-large", "gateway.fallback_to": "llama-chat"}
+        and point.value == 1
+    )
+    assert recorded.server().attributes["gateway.endpoint"] == "llama-chat"
+
+
+async def test_a_429_sets_error_type_on_both_spans(emulator, telemetry):
+    base, recorded = telemetry(_config(emulator[1]))
+    emulator[0].add_fault(Fault(status=429, retry_after="1"))
+    assert (await post(base)).status == 429
+    server = recorded.server()
+    assert server.attributes["error.type"] == "429" or server.attributes["http.response.status_code"] == 429
+    assert server.attributes["http.response.status_code"] == 429
+    (client,) = recorded.clients()
+    assert client.attributes["error.type"] == "429"
+
+
+async def test_a_stream_broken_mid_way_ends_its_spans_with_an_error(emulator, telemetry):
+    base, recorded = telemetry(_config(emulator[1]))
+    emulator[0].add_fault(Fault(break_stream_after=2))
+    await stream(base, {"model": "mistral-large", "messages": HELLO})
+    server = recorded.server()
+    assert "error.type" in server.attributes
+    (client,) = recorded.clients()
+    assert client.attributes["error.type"] == server.attributes["error.type"]
+
+
+async def test_the_callers_traceparent_is_continued_and_sent_upstream(emulator, telemetry):
+    base, recorded = telemetry(_config(emulator[1]))
+    assert (await post(base, headers={"traceparent": CALLER_PARENT})).status == 200
+    server = recorded.server()
+    assert f"{server.context.trace_id:032x}" == CALLER_TRACE
+    assert f"{server.parent.span_id:016x}" == "00f067aa0ba902b7"
+    (client,) = recorded.clients()
+    sent = emulator[0].requests[-1].headers["traceparent"]
+    assert sent == f"00-{CALLER_TRACE}-{client.context.span_id:016x}-01"
+
+
+async def test_a_malformed_traceparent_starts_a_new_trace(emulator, telemetry):
+    base, recorded = telemetry(_config(emulator[1]))
+    assert (await post(base, headers={"traceparent": "00-zz-" + "f" * 600 + "-01"})).status == 200
+    server = recorded.server()
+    assert server.parent is None and f"{server.context.trace_id:032x}" != CALLER_TRACE
+
+
+def test_provider_names():
+    assert provider_name("https://x.westeurope.inference.ml.azure.com/score") == "azure.ml"
+    assert provider_name("https://r.openai.azure.com/openai/v1/chat/completions") == "azure.ai.openai"
+    assert provider_name("https://r.services.ai.azure.com/models/chat/completions") == "azure.ai.inference"
+    assert provider_name("https://m.eastus2.models.ai.azure.com/v1/chat/completions") == "azure.ai.inference"
+
+
+OFF_PROBE = """
+import sys
+{import_line}
+loaded = sorted(m for m in sys.modules if m.startswith(("opentelemetry", "azure.monitor", "shared.otel")))
+print(",".join(loaded) or "none")
+"""
+LOCAL_SERVER = "from shared.asgi import create_app; create_app()"
+FUNCTIONS = "import function_app"
+#: What telemetry brings in when on; fastapi (under the Functions HTTP extension) imports the
+#: OpenTelemetry API by itself, whatever the gateway does, so only these are telemetry's own.
+TELEMETRY_MODULES = ("opentelemetry.sdk", "opentelemetry.exporter", "azure.monitor", "shared.otel")
+
+
+def _probe(import_line: str, env: dict[str, str]) -> list[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APPLICATIONINSIGHTS_"))}
+    config = emulator_config("http://127.0.0.1:9")
+    out = subprocess.run(
+        [sys.executable, "-c", OFF_PROBE.format(import_line=import_line)],
+        cwd=ROOT,
+        env={**base, "GATEWAY_CONFIG": json.dumps(config), "EMULATOR_KEY": "k", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout.strip().splitlines()[-1].split(",")
+
+
+def test_off_the_local_server_imports_no_opentelemetry_module():
+    assert _probe(LOCAL_SERVER, {}) == ["none"]
+
+
+def test_off_the_functions_app_imports_none_of_telemetrys_modules():
+    loaded = _probe(FUNCTIONS, {})
+    assert not [m for m in loaded if m.startswith(TELEMETRY_MODULES)]
+
+
+@pytest.mark.parametrize("import_line", [LOCAL_SERVER, FUNCTIONS])
+def test_on_the_probe_sees_the_sdk(import_line):
+    # The same probe with OTLP on: it can tell (else the tests above prove nothing).
+    loaded = _probe(
+        import_line,
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_METRIC_EXPORT_INTERVAL": "600000"},
+    )
+    assert "opentelemetry.sdk.trace" in loaded and "shared.otel" in loaded
