@@ -520,6 +520,8 @@ def _azure_monitor_exporters(environ: Mapping[str, str]) -> tuple[Any, Any, Any]
         AzureMonitorTraceExporter,
     )
 
+    # azure-core logs every export's request and response at INFO: once per second or so.
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
     options: dict[str, Any] = {"connection_string": environ["APPLICATIONINSIGHTS_CONNECTION_STRING"]}
     authentication = _settings(environ.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", ""))
     if authentication.get("authorization", "").upper() == "AAD":
