@@ -13,8 +13,10 @@ from azurefunctions.extensions.http.fastapi import Request, Response
 from shared.http import GatewayApi
 from shared.routes import ROUTES, Route
 from shared.runtime import tune_gc
+from shared.telemetry import host_records_requests
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+host_records_requests()  # the host records each invocation: telemetry must not count it twice
 api = GatewayApi.from_environ()
 
 

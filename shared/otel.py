@@ -450,25 +450,32 @@ def _bounded_json(value: Any) -> str:
 _installed: tuple[Any, Any] | None = None
 
 
-def install(destination: str, environ: Mapping[str, str], config: GatewayConfig) -> TelemetryObserver:
+def install(
+    destination: str,
+    environ: Mapping[str, str],
+    config: GatewayConfig,
+    *,
+    host_records_requests: bool = False,
+) -> TelemetryObserver:
     """Set up the providers and exporters for `destination` ("azure_monitor" or "otlp") once per
-    process, and return an observer over them."""
+    process, and return an observer over them. Where the host records requests and forwards log
+    records to Application Insights itself (Azure Functions), the gateway's span per request is
+    an internal one and its log records are not exported a second time."""
     global _installed
     if _installed is None:
-        _installed = _providers(destination, environ)
+        export_logs = not (host_records_requests and destination == "azure_monitor")
+        _installed = _providers(destination, environ, export_logs=export_logs)
         tracecontext.enable()
         log.info(
             "telemetry on: exporting to %s",
             "Application Insights" if destination == "azure_monitor" else "OTLP",
         )
     tracer_provider, meter_provider = _installed
-    # In Azure Functions the host records each invocation as a request already: the gateway's
-    # span is an internal one under it, so requests are not counted twice.
-    kind = SpanKind.INTERNAL if environ.get("FUNCTIONS_WORKER_RUNTIME") else SpanKind.SERVER
+    kind = SpanKind.INTERNAL if host_records_requests else SpanKind.SERVER
     return TelemetryObserver(config, tracer_provider, meter_provider, server_kind=kind)
 
 
-def _providers(destination: str, environ: Mapping[str, str]) -> tuple[Any, Any]:
+def _providers(destination: str, environ: Mapping[str, str], *, export_logs: bool) -> tuple[Any, Any]:
     from opentelemetry import metrics
     from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
@@ -490,11 +497,12 @@ def _providers(destination: str, environ: Mapping[str, str]) -> tuple[Any, Any]:
     meter_provider = SdkMeterProvider(
         resource=resource, metric_readers=[PeriodicExportingMetricReader(metric_exporter)]
     )
-    logger_provider = LoggerProvider(resource=resource)
-    logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
-    # The gateway's own log records, with the trace and span ids of the request they belong to.
-    handler = LoggingHandler(level=logging.INFO, logger_provider=logger_provider)
-    logging.getLogger("gateway").addHandler(handler)
+    if export_logs:
+        logger_provider = LoggerProvider(resource=resource)
+        logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
+        # The gateway's own log records, with the trace and span ids of the request they belong to.
+        handler = LoggingHandler(level=logging.INFO, logger_provider=logger_provider)
+        logging.getLogger("gateway").addHandler(handler)
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     return tracer_provider, meter_provider

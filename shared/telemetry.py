@@ -13,6 +13,17 @@ from collections.abc import Mapping
 from .config import GatewayConfig
 from .observe import NO_OBSERVER, Observer
 
+#: Set by the Azure Functions entry point: the host records each invocation as a request.
+_host_records_requests = False
+
+
+def host_records_requests() -> None:
+    """Called by a host that records requests itself (Azure Functions), before the gateway is
+    created: the gateway's span per request is then an internal one under the host's, so
+    Application Insights counts each request once, and the host forwards the log records."""
+    global _host_records_requests
+    _host_records_requests = True
+
 
 def telemetry_destination(environ: Mapping[str, str]) -> str | None:
     """ "azure_monitor", "otlp", or None when telemetry is off."""
@@ -30,4 +41,4 @@ def telemetry_observer(environ: Mapping[str, str], config: GatewayConfig) -> Obs
         return NO_OBSERVER
     from .otel import install  # the OpenTelemetry SDK and exporters: only when on
 
-    return install(destination, environ, config)
+    return install(destination, environ, config, host_records_requests=_host_records_requests)

@@ -269,3 +269,38 @@ def test_on_the_probe_sees_the_sdk(import_line):
         {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_METRIC_EXPORT_INTERVAL": "600000"},
     )
     assert "opentelemetry.sdk.trace" in loaded and "shared.otel" in loaded
+
+
+KIND_PROBE = """
+{import_line}
+print(api.gateway._observer._server_kind.name)
+"""
+
+
+@pytest.mark.parametrize(
+    ("import_line", "kind"),
+    [
+        ("from shared.http import GatewayApi; api = GatewayApi.from_environ()", "SERVER"),
+        ("from function_app import api", "INTERNAL"),
+    ],
+)
+def test_under_functions_the_request_span_is_internal(import_line, kind):
+    # The Functions host records each invocation as a request: the gateway must not count it again.
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APPLICATIONINSIGHTS_"))}
+    env = {
+        **base,
+        "GATEWAY_CONFIG": json.dumps(emulator_config("http://127.0.0.1:9")),
+        "EMULATOR_KEY": "k",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+        "OTEL_METRIC_EXPORT_INTERVAL": "600000",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", KIND_PROBE.format(import_line=import_line)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.strip().splitlines()[-1] == kind

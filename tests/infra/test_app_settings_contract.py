@@ -27,7 +27,6 @@ NOT_FROM_AZURE = {
     "GATEWAY_LOG_LEVEL": "the local server's log level; in Azure, host.json and Application Insights rule",
     "IDENTITY_ENDPOINT": "set by the App Service / Functions platform when a managed identity is attached",
     "MSI_ENDPOINT": "legacy name of IDENTITY_ENDPOINT, also set by the platform",
-    "FUNCTIONS_WORKER_RUNTIME": "set by the Functions platform; telemetry reads it to leave requests to the host",
     "OTEL_EXPORTER_OTLP_ENDPOINT": "telemetry to an OTLP collector (local server, containers); Azure uses Application Insights",
     "OTEL_SERVICE_NAME": "the service name on telemetry; in Azure the default names the gateway",
 }
