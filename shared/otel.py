@@ -448,6 +448,19 @@ def _bounded_json(value: Any) -> str:
 # -- set-up, once per process
 
 _installed: tuple[Any, Any] | None = None
+#: Each provider set up, for `flush`.
+_providers_installed: list[Any] = []
+
+
+def flush(timeout_ms: int = 10_000) -> None:
+    """Export what the providers still hold (blocking: call it off the event loop). Hosts call
+    it on shutdown: uvicorn ends the process by re-raising SIGTERM, so the SDK's `atexit`
+    shutdown does not run there."""
+    for provider in _providers_installed:
+        try:
+            provider.force_flush(timeout_ms)
+        except Exception:
+            log.warning("telemetry could not be flushed: %s", type(provider).__name__)
 
 
 def install(
@@ -503,6 +516,9 @@ def _providers(destination: str, environ: Mapping[str, str], *, export_logs: boo
         # The gateway's own log records, with the trace and span ids of the request they belong to.
         handler = LoggingHandler(level=logging.INFO, logger_provider=logger_provider)
         logging.getLogger("gateway").addHandler(handler)
+    _providers_installed.extend([tracer_provider, meter_provider])
+    if export_logs:
+        _providers_installed.append(logger_provider)
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     return tracer_provider, meter_provider

@@ -20,7 +20,7 @@ from .relay import CHAT_EVENTS, EventWriter, Pacing, relay_chat
 from .response_events import ResponseEvents
 from .responses import ResponsesCall, response_from_result
 from .routing import UpstreamRequest, build_upstream_request
-from .telemetry import telemetry_observer
+from .telemetry import flush_telemetry, telemetry_observer
 from .transport import Sender, Transport, UpstreamResponse
 
 log = get_logger("gateway.service")
@@ -158,6 +158,7 @@ class Gateway:
     async def aclose(self) -> None:
         await self._transport.aclose()
         await self._credentials.aclose()
+        await flush_telemetry()
 
 
 def _chat_builder(request: ChatRequest) -> RequestBuilder:

@@ -8,6 +8,8 @@ is imported and the gateway's observer is the no-op one (docs/telemetry.md).
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import Mapping
 
 from .config import GatewayConfig
@@ -42,3 +44,10 @@ def telemetry_observer(environ: Mapping[str, str], config: GatewayConfig) -> Obs
     from .otel import install  # the OpenTelemetry SDK and exporters: only when on
 
     return install(destination, environ, config, host_records_requests=_host_records_requests)
+
+
+async def flush_telemetry() -> None:
+    """Export what telemetry still holds, if it is on (at shutdown)."""
+    otel = sys.modules.get("shared.otel")
+    if otel is not None:
+        await asyncio.to_thread(otel.flush)
