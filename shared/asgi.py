@@ -28,6 +28,7 @@ from .config import GatewayConfig
 from .errors import ConfigError, GatewayError, MethodNotAllowedError, NotFoundError
 from .guard import HostGuard, OpenAICORSMiddleware
 from .http import REQUEST_ID_HEADER, GatewayApi, error_response, internal_error_response
+from .limits import RATE_LIMIT_HEADERS
 from .logs import bind_request_id
 from .routes import ROUTES, describe_routes
 from .runtime import tune_gc
@@ -129,7 +130,7 @@ def _answering_browsers(app: ASGIApp, config: GatewayConfig) -> ASGIApp:
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
             allow_credentials=cors.allow_credentials,
-            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After", *RATE_LIMIT_HEADERS],
             max_age=cors.max_age_s,
         )
     return HostGuard(app, config.allowed_hosts)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from .api_type import ApiType
+from .callers import CallersSettings
 from .credentials import PROVIDERS, Auth, CredentialSettings, EnvAuth, KeyAuthSettings
 from .errors import ConfigError
 from .formatters import BUILTIN_FORMATTERS, ContentFormatterBase
@@ -224,6 +225,8 @@ class GatewayConfig(_Model):
     streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
     local_server: LocalServerSettings = Field(default_factory=LocalServerSettings)
+    #: Who may call, and how much (docs/callers.md).
+    callers: CallersSettings = Field(default_factory=CallersSettings)
 
     @field_validator("allowed_hosts")
     @classmethod

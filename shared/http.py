@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from .callers import Caller, caller_auth
 from .chat import ChatRequest, parse_chat_request
 from .codec import dumps
 from .errors import (
@@ -27,6 +28,7 @@ from .errors import (
     RequestTooLargeError,
     UnsupportedMediaTypeError,
 )
+from .limits import estimate_tokens
 from .logs import bind_request_id, get_logger
 from .openapi import openapi_document
 from .responses import ResponsesCall, parse_responses_request
@@ -85,6 +87,8 @@ class GatewayApi:
         self._openapi_document: bytes | None = None
         self._max_messages = gateway.config.max_messages
         self._max_content_parts = gateway.config.max_content_parts
+        #: Who is calling (`callers.auth`): checked first, before the body is read.
+        self.callers = caller_auth(gateway.config.callers.auth)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> GatewayApi:
@@ -109,48 +113,80 @@ class GatewayApi:
         return await _respond(request, self._openapi)
 
     async def aclose(self) -> None:
+        await self.callers.aclose()
         await self.gateway.aclose()
 
     async def _chat_completions(self, request: Request) -> Response:
+        caller = await self.callers.authenticate(request.headers)
         require_json(request.headers.get("content-type"))
         body = await read_body(request, self._max_request_bytes)
         chat = parse_chat_request(
             body, max_messages=self._max_messages, max_content_parts=self._max_content_parts
         )
-        return await _while_connected(request, self._answer(chat))
+        return await self._within_limits(
+            caller, len(body), lambda: _while_connected(request, self._answer(chat, caller))
+        )
 
-    async def _answer(self, chat: ChatRequest) -> Response:
+    async def _within_limits(
+        self, caller: Caller, body_bytes: int, answer: Callable[[], Awaitable[Response]]
+    ) -> Response:
+        """`answer()` if the caller is within its limits (else 429), with its limits' headers;
+        the prompt's tokens are estimated from the body's length and reserved until the
+        request ends (the limits' observer settles them)."""
+        limits = self.gateway.limits
+        if limits is None:
+            return await answer()
+        admission = await limits.admit(caller, estimate_tokens(body_bytes))
+        try:
+            response = await answer()
+        except GatewayError as exc:
+            exc.headers.update(admission.headers)
+            limits.settle(admission, 0)  # unless the request reached an endpoint (settled then)
+            raise
+        except BaseException:
+            limits.settle(admission, 0)
+            raise
+        response.headers.update(admission.headers)
+        return response
+
+    async def _answer(self, chat: ChatRequest, caller: Caller) -> Response:
         if not chat.stream:
-            return JSONResponse(await self.gateway.chat(chat))
-        events = self.gateway.chat_stream(chat)
+            return JSONResponse(await self.gateway.chat(chat, caller))
+        events = self.gateway.chat_stream(chat, caller)
         # Failures before the first event still get their status code and a JSON error.
         first = await anext(events)
         return EventStreamResponse(_prepend(first, events), headers=SSE_HEADERS)
 
     async def _responses(self, request: Request) -> Response:
+        caller = await self.callers.authenticate(request.headers)
         require_json(request.headers.get("content-type"))
         body = await read_body(request, self._max_request_bytes)
         call = parse_responses_request(
             body, max_messages=self._max_messages, max_content_parts=self._max_content_parts
         )
-        return await _while_connected(request, self._answer_responses(call))
+        return await self._within_limits(
+            caller, len(body), lambda: _while_connected(request, self._answer_responses(call, caller))
+        )
 
-    async def _answer_responses(self, call: ResponsesCall) -> Response:
+    async def _answer_responses(self, call: ResponsesCall, caller: Caller) -> Response:
         if not call.chat.stream:
-            return JSONResponse(await self.gateway.responses(call))
-        events = self.gateway.responses_stream(call)
+            return JSONResponse(await self.gateway.responses(call, caller))
+        events = self.gateway.responses_stream(call, caller)
         first = await anext(events)
         return EventStreamResponse(_prepend(first, events), headers=SSE_HEADERS)
 
     async def _models(self, request: Request) -> Response:
+        await self.callers.authenticate(request.headers)
         return JSONResponse(self.gateway.models())
 
     async def _retrieve_model(self, request: Request) -> Response:
+        await self.callers.authenticate(request.headers)
         # The local server's router fills path_params; the Functions host forwards the URL only.
         name = request.path_params.get("id") or unquote(request.url.path.rpartition("/v1/models/")[2])
         return JSONResponse(self.gateway.model(name))
 
     async def _openapi(self, request: Request) -> Response:
+        await self.callers.authenticate(request.headers)
         if self._openapi_document is None:
             self._openapi_document = dumps(openapi_document())
         return Response(self._openapi_document, media_type="application/json")

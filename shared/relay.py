@@ -249,6 +249,8 @@ async def _events(
         yield keepalive
     result = read_result(endpoint, reading.result())
     exchange.usage = result.usage
+    if result.usage is None:
+        exchange.answer_chars = result.text_chars()
     exchange.finish_reasons.extend(c.finish_reason or "stop" for c in result.choices)
     encode = writer.chunk
     yield (
