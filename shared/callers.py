@@ -14,6 +14,7 @@ redirects are bounded the same way.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ log = get_logger("gateway.callers")
 ANONYMOUS = "anonymous"
 #: Longer `Authorization` headers are refused unread (Entra access tokens are 1-3 KB).
 MAX_TOKEN_BYTES = 16 * 1024
+#: Verified tokens remembered per process (about 100 bytes each).
+MAX_VERIFIED_TOKENS = 10_000
 #: The most the OpenID configuration or the key set may hold.
 MAX_DOCUMENT_BYTES = 512 * 1024
 _GUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -45,6 +48,28 @@ class _Model(BaseModel):
 
 class FunctionKeyCallers(_Model):
     type: Literal["function_key"] = "function_key"
+
+
+#: MSAL.js for the chat page's sign-in: its browser build, pinned by version and hash.
+MSAL_URL = "https://cdn.jsdelivr.net/npm/@azure/msal-browser@5.30.0/lib/msal-browser.min.js"
+MSAL_INTEGRITY = "sha384-jZgMryu+4u6YigBEcQY0MnBDCLVoqAGLm8S8PXoaGI2HJWA5XcxSalRmz/KFODUW"
+
+
+class PageSignIn(_Model):
+    """How the local server's chat page signs users in with MSAL.js (docs/callers.md)."""
+
+    #: The single-page app's client id (its own app registration, redirect URI the page's origin).
+    client_id: str = Field(pattern=_GUID)
+    #: What the page asks tokens for; default `<first audience>/.default`.
+    scopes: list[str] = Field(default_factory=list)
+    msal_url: str = MSAL_URL
+    #: The Subresource Integrity hash of `msal_url`'s script.
+    msal_integrity: str = Field(default=MSAL_INTEGRITY, pattern=r"^sha(256|384|512)-[A-Za-z0-9+/=]+$")
+
+    @model_validator(mode="after")
+    def _script_is_safe(self) -> PageSignIn:
+        _check_fetch_url(self.msal_url, "msal_url")
+        return self
 
 
 class EntraCallers(_Model):
@@ -64,6 +89,8 @@ class EntraCallers(_Model):
     key_refetch_s: float = Field(default=60.0, ge=0)
     #: One fetch of the OpenID configuration or the key set, at most.
     fetch_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    #: The chat page signs users in with MSAL.js when this is set.
+    page: PageSignIn | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -83,6 +110,18 @@ class EntraCallers(_Model):
         return self.openid_config_url or (
             f"https://login.microsoftonline.com/{self.tenant_id}/v2.0/.well-known/openid-configuration"
         )
+
+    def page_settings(self) -> dict[str, Any] | None:
+        """What the chat page's MSAL.js needs (no secret: a public client), or None."""
+        if self.page is None:
+            return None
+        return {
+            "clientId": self.page.client_id,
+            "authority": f"https://login.microsoftonline.com/{self.tenant_id}",
+            "scopes": self.page.scopes or [f"{self.audience[0]}/.default"],
+            "msalUrl": self.page.msal_url,
+            "msalIntegrity": self.page.msal_integrity,
+        }
 
     @property
     def issuers(self) -> list[str]:
@@ -135,9 +174,30 @@ class EntraAuth(CallerAuth):
         self._session: aiohttp.ClientSession | None = None
         self._roles = frozenset(settings.required_roles)
         self._scopes = frozenset(settings.required_scopes)
+        #: Tokens that passed every check, by their SHA-256: (caller id, roles, nbf, exp). A
+        #: front-end sends the same token for up to an hour; checking it again costs ~100 µs.
+        self._verified: dict[bytes, tuple[str, frozenset[str], float, float]] = {}
 
     async def authenticate(self, headers: Mapping[str, str]) -> Caller:
         token = _bearer_token(headers.get("authorization"))
+        digest = hashlib.sha256(token.encode()).digest()
+        verified = self._verified.get(digest)
+        if verified is not None:
+            caller_id, roles, not_before, expires = verified
+            if not_before - self._settings.leeway_s <= time.time() <= expires + self._settings.leeway_s:
+                return Caller(caller_id, roles)
+            del self._verified[digest]  # checked again below, to say what is wrong with it
+        claims = await self._verify(token)
+        caller = self._caller(claims)
+        if len(self._verified) >= MAX_VERIFIED_TOKENS:
+            self._verified.clear()
+        nbf = claims.get("nbf")
+        not_before = float(nbf) if isinstance(nbf, (int, float)) else 0.0
+        self._verified[digest] = (caller.id, caller.roles, not_before, float(claims["exp"]))
+        return caller
+
+    async def _verify(self, token: str) -> dict[str, Any]:
+        """The token's claims, once its signature and claims pass every check."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -172,7 +232,7 @@ class EntraAuth(CallerAuth):
             raise InvalidTokenError("The access token's signature does not verify.") from None
         except jwt.PyJWTError as exc:
             raise InvalidTokenError(f"The access token is invalid ({type(exc).__name__}).") from None
-        return self._caller(claims)
+        return claims
 
     def _caller(self, claims: dict[str, Any]) -> Caller:
         caller_id = next(

@@ -227,6 +227,7 @@ class CallerLimits:
         #: Admissions served without the store (`on_store_error: allow`), for operators.
         self.store_errors = 0
         self.observer = _Settler(self)
+        self._buckets: dict[frozenset[str], list[Bucket]] = {}
 
     @classmethod
     def create(cls, settings: LimitsSettings, environ: Mapping[str, str] = os.environ) -> CallerLimits:
@@ -236,7 +237,15 @@ class CallerLimits:
         return cls(settings, store)
 
     def buckets(self, caller: Caller) -> list[Bucket]:
-        values = _values_for(self._settings, caller.roles)
+        # Only the roles `by_role` names matter: a handful of combinations, each computed once.
+        roles = frozenset(caller.roles & self._settings.by_role.keys())
+        buckets = self._buckets.get(roles)
+        if buckets is None:
+            buckets = self._buckets[roles] = self._buckets_for(roles)
+        return buckets
+
+    def _buckets_for(self, roles: frozenset[str]) -> list[Bucket]:
+        values = _values_for(self._settings, roles)
         buckets = []
         if values.requests_per_minute:
             buckets.append(Bucket("requests", MINUTE_MS, values.requests_per_minute))
@@ -278,9 +287,9 @@ class CallerLimits:
         """The store's decision; None when it is down and `on_store_error` is `allow`."""
         if self._clock() >= self._down_until:
             try:
-                return await asyncio.wait_for(
-                    self._store.admit(keys, buckets, costs), self._settings.store.timeout_s
-                )
+                # asyncio.timeout, not wait_for: no task per admission.
+                async with asyncio.timeout(self._settings.store.timeout_s):
+                    return await self._store.admit(keys, buckets, costs)
             except Exception as exc:  # redis' errors, a timeout, a refused connection
                 self._down_until = self._clock() + self._settings.store.retry_s
                 log.error(
@@ -316,7 +325,8 @@ class CallerLimits:
 
     async def _settle(self, keys: list[str], buckets: list[Bucket], deltas: list[int]) -> None:
         try:
-            await asyncio.wait_for(self._store.settle(keys, buckets, deltas), self._settings.store.timeout_s)
+            async with asyncio.timeout(self._settings.store.timeout_s):
+                await self._store.settle(keys, buckets, deltas)
         except Exception as exc:
             log.warning("the limits' store failed to settle a request's tokens (%s)", type(exc).__name__)
 

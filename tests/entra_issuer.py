@@ -48,7 +48,10 @@ class Tenant:
         self.app = web.Application()
         self.app.router.add_get("/tenant/v2.0/.well-known/openid-configuration", self._config)
         self.app.router.add_get("/tenant/discovery/v2.0/keys", self._keys)
+        self.app.router.add_get("/msal-browser.min.js", self._msal)
         self.url = ""
+        #: What the stand-in MSAL.js serves (`fake_msal`).
+        self.msal_script = b""
 
     async def _config(self, request: web.Request) -> web.Response:
         if self.down:
@@ -60,6 +63,13 @@ class Tenant:
         if self.down:
             return web.Response(status=503)
         return web.json_response({"keys": [key.jwk() for key in self.published]})
+
+    async def _msal(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.msal_script,
+            content_type="text/javascript",
+            headers={"Access-Control-Allow-Origin": "*"},
+        )
 
     def callers_config(self, **auth: Any) -> dict[str, Any]:
         return {
@@ -102,3 +112,27 @@ def unsigned_token(header: dict[str, Any], claims: dict[str, Any], hmac_key: byt
         b"" if hmac_key is None else hmac.new(hmac_key, signing_input.encode(), hashlib.sha256).digest()
     )
     return f"{signing_input}.{part(signature)}"
+
+
+def fake_msal(token: str) -> bytes:
+    """A stand-in for MSAL.js's browser build (the global `msal`): signing in always succeeds,
+    and every token is `token`. What the page asked for is kept in `window.msalCalls`."""
+    return """
+window.msalCalls = [];
+window.msal = { PublicClientApplication: { createPublicClientApplication: async (config) => {
+  window.msalCalls.push(["create", config.auth.clientId, config.auth.authority]);
+  const accounts = [];
+  const result = () => ({ accessToken: TOKEN, account: accounts[0] });
+  return {
+    handleRedirectPromise: async () => null,
+    getAllAccounts: () => accounts,
+    loginPopup: async (request) => { window.msalCalls.push(["login", request.scopes]); accounts.push({ username: "ada@example.com" }); return result(); },
+    acquireTokenSilent: async (request) => { window.msalCalls.push(["silent", request.scopes]); return result(); },
+    acquireTokenPopup: async (request) => result(),
+  };
+} } };
+""".replace("TOKEN", json.dumps(token)).encode()
+
+
+def integrity(script: bytes) -> str:
+    return "sha384-" + base64.b64encode(hashlib.sha384(script).digest()).decode()

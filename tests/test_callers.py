@@ -3,25 +3,15 @@ tenant (its OpenID configuration and key set on 127.0.0.1, with the test's own R
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from .client import assert_openai_error, get, post
 from .conftest import emulator_config
-from .entra_issuer import AUDIENCE, TENANT, V1_ISSUER, SigningKey, Tenant, unsigned_token
-from .servers import AiohttpServer, BackgroundLoop
-
-
-@pytest.fixture
-def tenant(servers: BackgroundLoop) -> Iterator[Tenant]:
-    tenant = Tenant()
-    server = servers.run(AiohttpServer(tenant.app).start())
-    tenant.url = server.url
-    yield tenant
-    servers.run(server.stop())
+from .entra_issuer import AUDIENCE, TENANT, V1_ISSUER, SigningKey, unsigned_token
 
 
 @pytest.fixture
@@ -169,3 +159,13 @@ async def test_the_caller_is_the_token_oid_on_the_exchange(emulator, tenant, sta
         assert (await auth.authenticate({"authorization": f"Bearer {app_only}"})).id == "client-app"
     finally:
         await auth.aclose()
+
+
+async def test_a_token_remembered_as_valid_still_expires(emulator, start_gateway, tenant):
+    """Checked tokens are remembered (a front-end resends one for an hour), never past `exp`."""
+    url = start_gateway(emulator_config(emulator[1], callers=tenant.callers_config(leeway_s=0)))
+    token = tenant.token(exp=int(time.time()) + 2)
+    assert (await post(url, headers=bearer(token))).status == 200
+    assert (await post(url, headers=bearer(token))).status == 200
+    await asyncio.sleep(3.1)
+    assert_invalid_token(await post(url, headers=bearer(token)), "expired")
