@@ -4,21 +4,26 @@ gateways sharing one real `redis-server`."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
+import os
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
 
+from shared.asgi import server_command
 from shared.callers import Caller, LimitsSettings
 from shared.errors import CallerLimitError
 from shared.limits import RATE_LIMIT_HEADERS, CallerLimits, MemoryStore, duration, estimate_tokens
 
 from .client import assert_openai_error, post, stream
 from .conftest import emulator_config
-from .redis_server import RedisServer
+from .redis_server import RedisServer, free_port
+from .test_local_server import wait_until_serving
 
 
 def limited(url: str, **limits: Any) -> dict[str, Any]:
@@ -175,18 +180,55 @@ def redis_limits(redis_url: str, **limits: Any) -> dict[str, Any]:
     return {"store": {"type": "redis", "url": redis_url, "timeout_s": 0.5, "retry_s": 0.3}, **limits}
 
 
-async def test_two_gateways_sharing_redis_let_exactly_the_limit_through(
-    emulator, start_gateway, redis_server
+@pytest.fixture
+def gateway_processes(emulator, canary_key, redis_server) -> Iterator[list[str]]:
+    """Two gateway processes, each started as `make dev` starts it, sharing one Redis."""
+    limits = redis_limits(redis_server.url, requests_per_minute=10)
+    env = {
+        **os.environ,
+        "GATEWAY_CONFIG": json.dumps(emulator_config(emulator[1], callers={"limits": limits})),
+        "EMULATOR_KEY": canary_key,
+    }
+    processes, urls = [], []
+    try:
+        for _ in range(2):
+            port = free_port()
+            process = subprocess.Popen(
+                server_command(port, "--log-level", "warning"),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            processes.append(process)
+            wait_until_serving(process, port)
+            urls.append(f"http://127.0.0.1:{port}")
+        yield urls
+    finally:
+        for process in processes:
+            process.terminate()
+            process.communicate(timeout=10)
+
+
+async def test_two_gateway_processes_sharing_redis_let_exactly_the_limit_through(
+    gateway_processes, redis_server
 ):
-    config = emulator_config(
-        emulator[1], callers={"limits": redis_limits(redis_server.url, requests_per_minute=10)}
-    )
-    gateways = [start_gateway(config), start_gateway(config)]
-    replies = await asyncio.gather(*(post(gateways[i % 2]) for i in range(30)))
+    # In turn, so that each process answers every other request: 5 each, then both refuse.
+    replies = [await post(gateway_processes[i % 2]) for i in range(30)]
     statuses = [r.status for r in replies]
     assert statuses.count(200) == 10, statuses
     assert statuses.count(429) == 20, statuses
+    assert statuses[:10] == [200] * 10, statuses
     assert all(r.headers.get("Retry-After", "").isdigit() for r in replies if r.status == 429)
+    # Concurrently, from a fresh start: still exactly the limit.
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    await client.flushall()
+    await client.aclose()
+    burst = await asyncio.gather(*(post(gateway_processes[i % 2]) for i in range(30)))
+    statuses = [r.status for r in burst]
+    assert (statuses.count(200), statuses.count(429)) == (10, 20), statuses
 
 
 async def test_redis_token_limits_settle_with_usage(emulator, start_gateway, redis_server):
@@ -231,8 +273,6 @@ async def test_redis_down_then_back(emulator, start_gateway, redis_server, on_st
 
 
 def _json(value: Any) -> bytes:
-    import json
-
     return json.dumps(value).encode()
 
 
