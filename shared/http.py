@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from .chat import ChatRequest, parse_chat_request
+from .chat import parse_chat_request
 from .codec import dumps
 from .errors import (
     INTERNAL_ERROR_BODY,
@@ -29,7 +29,7 @@ from .errors import (
 )
 from .logs import bind_request_id, get_logger
 from .openapi import openapi_document
-from .responses import ResponsesCall, parse_responses_request
+from .responses import parse_responses_request
 from .service import Gateway
 from .sse import SSE_HEADERS
 
@@ -83,8 +83,11 @@ class GatewayApi:
         self.gateway = gateway
         self._max_request_bytes = gateway.config.max_request_bytes
         self._openapi_document: bytes | None = None
-        self._max_messages = gateway.config.max_messages
-        self._max_content_parts = gateway.config.max_content_parts
+        #: What a request may hold, counted before it is validated.
+        self._counts = {
+            "max_messages": gateway.config.max_messages,
+            "max_content_parts": gateway.config.max_content_parts,
+        }
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> GatewayApi:
@@ -112,35 +115,20 @@ class GatewayApi:
         await self.gateway.aclose()
 
     async def _chat_completions(self, request: Request) -> Response:
-        require_json(request.headers.get("content-type"))
-        body = await read_body(request, self._max_request_bytes)
-        chat = parse_chat_request(
-            body, max_messages=self._max_messages, max_content_parts=self._max_content_parts
-        )
-        return await _while_connected(request, self._answer(chat))
-
-    async def _answer(self, chat: ChatRequest) -> Response:
-        if not chat.stream:
-            return JSONResponse(await self.gateway.chat(chat))
-        events = self.gateway.chat_stream(chat)
-        # Failures before the first event still get their status code and a JSON error.
-        first = await anext(events)
-        return EventStreamResponse(_prepend(first, events), headers=SSE_HEADERS)
+        chat = parse_chat_request(await self._json_body(request), **self._counts)
+        if chat.stream:
+            return await _while_connected(request, _streamed(self.gateway.chat_stream(chat)))
+        return await _while_connected(request, _whole(self.gateway.chat(chat)))
 
     async def _responses(self, request: Request) -> Response:
-        require_json(request.headers.get("content-type"))
-        body = await read_body(request, self._max_request_bytes)
-        call = parse_responses_request(
-            body, max_messages=self._max_messages, max_content_parts=self._max_content_parts
-        )
-        return await _while_connected(request, self._answer_responses(call))
+        call = parse_responses_request(await self._json_body(request), **self._counts)
+        if call.chat.stream:
+            return await _while_connected(request, _streamed(self.gateway.responses_stream(call)))
+        return await _while_connected(request, _whole(self.gateway.responses(call)))
 
-    async def _answer_responses(self, call: ResponsesCall) -> Response:
-        if not call.chat.stream:
-            return JSONResponse(await self.gateway.responses(call))
-        events = self.gateway.responses_stream(call)
-        first = await anext(events)
-        return EventStreamResponse(_prepend(first, events), headers=SSE_HEADERS)
+    async def _json_body(self, request: Request) -> bytes:
+        require_json(request.headers.get("content-type"))
+        return await read_body(request, self._max_request_bytes)
 
     async def _models(self, request: Request) -> Response:
         return JSONResponse(self.gateway.models())
@@ -180,6 +168,16 @@ async def _while_connected(request: Request, answer: Awaitable[Response]) -> Res
         return Response(status_code=499)  # nobody reads it: the connection is gone
     finally:
         watching.cancel()
+
+
+async def _whole(answer: Awaitable[dict[str, Any]]) -> Response:
+    return JSONResponse(await answer)
+
+
+async def _streamed(events: AsyncIterator[bytes]) -> Response:
+    # Failures before the first event still get their status code and a JSON error.
+    first = await anext(events)
+    return EventStreamResponse(_prepend(first, events), headers=SSE_HEADERS)
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
