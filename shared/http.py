@@ -36,6 +36,8 @@ from .sse import SSE_HEADERS
 log = get_logger("gateway.http")
 
 REQUEST_ID_HEADER = "x-request-id"
+#: How long an answer may take before the handler starts watching for its caller to leave.
+WATCH_AFTER_S = 0.05
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -145,11 +147,14 @@ class GatewayApi:
 
 
 async def _while_connected(request: Request, answer: Awaitable[Response]) -> Response:
-    """`answer`, cancelled as soon as the caller disconnects: its call to the endpoint and its
-    in-flight slot are given back at once, not when the endpoint answers. (Once the response
-    starts, `EventStreamResponse` watches a stream the same way.)"""
+    """`answer`, cancelled when the caller disconnects: its call to the endpoint and its
+    in-flight slot are given back then, not when the endpoint answers. (Once the response
+    starts, `EventStreamResponse` watches a stream the same way.) Most answers come sooner than
+    `WATCH_AFTER_S`, so the watch starts only then: no task for them."""
+    loop = asyncio.get_running_loop()
     answering = cast(asyncio.Task[Any], asyncio.current_task())
     caller_left = False
+    watching: asyncio.Task[None] | None = None
 
     async def watch() -> None:
         nonlocal caller_left
@@ -158,7 +163,11 @@ async def _while_connected(request: Request, answer: Awaitable[Response]) -> Res
             caller_left = True
             answering.cancel()
 
-    watching = asyncio.create_task(watch())
+    def start_watching() -> None:
+        nonlocal watching
+        watching = loop.create_task(watch())
+
+    timer = loop.call_later(WATCH_AFTER_S, start_watching)
     try:
         return await answer
     except asyncio.CancelledError:
@@ -167,7 +176,9 @@ async def _while_connected(request: Request, answer: Awaitable[Response]) -> Res
         log.info("the caller left before the answer; its call to the endpoint was cancelled")
         return Response(status_code=499)  # nobody reads it: the connection is gone
     finally:
-        watching.cancel()
+        timer.cancel()
+        if watching is not None:
+            watching.cancel()
 
 
 async def _whole(answer: Awaitable[dict[str, Any]]) -> Response:
