@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, cast
 from urllib.parse import unquote
@@ -36,6 +37,7 @@ from .sse import SSE_HEADERS
 log = get_logger("gateway.http")
 
 REQUEST_ID_HEADER = "x-request-id"
+_ASCII_DIGITS = re.compile(r"[0-9]{1,20}")
 #: How long an answer may take before the handler starts watching for its caller to leave.
 WATCH_AFTER_S = 0.05
 
@@ -210,7 +212,7 @@ async def _respond(request: Request, handler: Handler) -> Response:
         response = error_response(exc)
     except Exception:
         log.exception("%s %s failed unexpectedly", request.method, request.url.path)
-        response = JSONResponse(INTERNAL_ERROR_BODY, status_code=500)
+        response = internal_error_response()
     response.headers.append(REQUEST_ID_HEADER, request_id)
     return response
 
@@ -254,7 +256,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not _ASCII_DIGITS.fullmatch(declared):
             raise InvalidRequestError("The Content-Length header is not a number.")
         if int(declared) > limit:
             raise _too_large(limit)
