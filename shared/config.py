@@ -7,7 +7,6 @@ Read from `GATEWAY_CONFIG` (inline JSON) or `GATEWAY_CONFIG_FILE` (a path). Ever
 from __future__ import annotations
 
 import importlib
-import ipaddress
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from .credentials import PROVIDERS, Auth, CredentialSettings, EnvAuth, KeyAuthSe
 from .errors import ConfigError
 from .formatters import BUILTIN_FORMATTERS, ContentFormatterBase
 from .url_forms import form_problem, form_warning, with_url_defaults
+from .vault_url import is_loopback
 
 logger = logging.getLogger("gateway.config")
 
@@ -372,7 +372,7 @@ def _check_url(url: str, api_type: str) -> str:
         parts.port  # noqa: B018 (it parses the port)
     except ValueError:
         raise ValueError(f"{url!r} has a port that is not a number from 0 to 65535") from None
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ValueError(
             f"{url!r} uses plain http; keys must travel over https (plain http is accepted only "
             "for 127.0.0.1/localhost, e.g. the local emulator)"
@@ -401,15 +401,6 @@ def _check_url(url: str, api_type: str) -> str:
         )
         raise ValueError(f"a dedicated endpoint URL ends in /score; got {url!r}{hint}")
     return url
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_config(document: str | bytes, *, source: str = "GATEWAY_CONFIG") -> GatewayConfig:

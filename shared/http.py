@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, cast
 from urllib.parse import unquote
@@ -19,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from .callers import Caller, caller_auth
-from .chat import ChatRequest, parse_chat_request
+from .chat import parse_chat_request
 from .codec import dumps
 from .errors import (
     INTERNAL_ERROR_BODY,
@@ -31,13 +32,16 @@ from .errors import (
 from .limits import estimate_tokens
 from .logs import bind_request_id, get_logger
 from .openapi import openapi_document
-from .responses import ResponsesCall, parse_responses_request
+from .responses import parse_responses_request
 from .service import Gateway
 from .sse import SSE_HEADERS
 
 log = get_logger("gateway.http")
 
 REQUEST_ID_HEADER = "x-request-id"
+_ASCII_DIGITS = re.compile(r"[0-9]{1,20}")
+#: How long an answer may take before the handler starts watching for its caller to leave.
+WATCH_AFTER_S = 0.05
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -85,8 +89,11 @@ class GatewayApi:
         self.gateway = gateway
         self._max_request_bytes = gateway.config.max_request_bytes
         self._openapi_document: bytes | None = None
-        self._max_messages = gateway.config.max_messages
-        self._max_content_parts = gateway.config.max_content_parts
+        #: What a request may hold, counted before it is validated.
+        self._counts = {
+            "max_messages": gateway.config.max_messages,
+            "max_content_parts": gateway.config.max_content_parts,
+        }
         #: Who is calling (`callers.auth`): checked first, before the body is read.
         self.callers = caller_auth(gateway.config.callers.auth)
 
@@ -118,27 +125,44 @@ class GatewayApi:
 
     async def _chat_completions(self, request: Request) -> Response:
         caller = await self.callers.authenticate(request.headers)
+        body = await self._json_body(request)
+        chat = parse_chat_request(body, **self._counts)
+
+        async def answer() -> Response:
+            if chat.stream:
+                return await _streamed(self.gateway.chat_stream(chat, caller))
+            return await _whole(self.gateway.chat(chat, caller))
+
+        return await self._within_limits(caller, len(body), request, answer)
+
+    async def _responses(self, request: Request) -> Response:
+        caller = await self.callers.authenticate(request.headers)
+        body = await self._json_body(request)
+        call = parse_responses_request(body, **self._counts)
+
+        async def answer() -> Response:
+            if call.chat.stream:
+                return await _streamed(self.gateway.responses_stream(call, caller))
+            return await _whole(self.gateway.responses(call, caller))
+
+        return await self._within_limits(caller, len(body), request, answer)
+
+    async def _json_body(self, request: Request) -> bytes:
         require_json(request.headers.get("content-type"))
-        body = await read_body(request, self._max_request_bytes)
-        chat = parse_chat_request(
-            body, max_messages=self._max_messages, max_content_parts=self._max_content_parts
-        )
-        return await self._within_limits(
-            caller, len(body), lambda: _while_connected(request, self._answer(chat, caller))
-        )
+        return await read_body(request, self._max_request_bytes)
 
     async def _within_limits(
-        self, caller: Caller, body_bytes: int, answer: Callable[[], Awaitable[Response]]
+        self, caller: Caller, body_bytes: int, request: Request, answer: Callable[[], Awaitable[Response]]
     ) -> Response:
-        """`answer()` if the caller is within its limits (else 429), with its limits' headers;
-        the prompt's tokens are estimated from the body's length and reserved until the
-        request ends (the limits' observer settles them)."""
+        """`answer` (while the caller is connected) if the caller is within its limits (else
+        429), with its limits' headers; the prompt's tokens are estimated from the body's length
+        and reserved until the request ends (the limits' observer settles them)."""
         limits = self.gateway.limits
         if limits is None:
-            return await answer()
+            return await _while_connected(request, answer())
         admission = await limits.admit(caller, estimate_tokens(body_bytes))
         try:
-            response = await answer()
+            response = await _while_connected(request, answer())
         except GatewayError as exc:
             exc.headers.update(admission.headers)
             limits.settle(admission, 0)  # unless the request reached an endpoint (settled then)
@@ -148,32 +172,6 @@ class GatewayApi:
             raise
         response.headers.update(admission.headers)
         return response
-
-    async def _answer(self, chat: ChatRequest, caller: Caller) -> Response:
-        if not chat.stream:
-            return JSONResponse(await self.gateway.chat(chat, caller))
-        events = self.gateway.chat_stream(chat, caller)
-        # Failures before the first event still get their status code and a JSON error.
-        first = await anext(events)
-        return EventStreamResponse(_prepend(first, events), headers=SSE_HEADERS)
-
-    async def _responses(self, request: Request) -> Response:
-        caller = await self.callers.authenticate(request.headers)
-        require_json(request.headers.get("content-type"))
-        body = await read_body(request, self._max_request_bytes)
-        call = parse_responses_request(
-            body, max_messages=self._max_messages, max_content_parts=self._max_content_parts
-        )
-        return await self._within_limits(
-            caller, len(body), lambda: _while_connected(request, self._answer_responses(call, caller))
-        )
-
-    async def _answer_responses(self, call: ResponsesCall, caller: Caller) -> Response:
-        if not call.chat.stream:
-            return JSONResponse(await self.gateway.responses(call, caller))
-        events = self.gateway.responses_stream(call, caller)
-        first = await anext(events)
-        return EventStreamResponse(_prepend(first, events), headers=SSE_HEADERS)
 
     async def _models(self, request: Request) -> Response:
         await self.callers.authenticate(request.headers)
@@ -193,11 +191,14 @@ class GatewayApi:
 
 
 async def _while_connected(request: Request, answer: Awaitable[Response]) -> Response:
-    """`answer`, cancelled as soon as the caller disconnects: its call to the endpoint and its
-    in-flight slot are given back at once, not when the endpoint answers. (Once the response
-    starts, `EventStreamResponse` watches a stream the same way.)"""
+    """`answer`, cancelled when the caller disconnects: its call to the endpoint and its
+    in-flight slot are given back then, not when the endpoint answers. (Once the response
+    starts, `EventStreamResponse` watches a stream the same way.) Most answers come sooner than
+    `WATCH_AFTER_S`, so the watch starts only then: no task for them."""
+    loop = asyncio.get_running_loop()
     answering = cast(asyncio.Task[Any], asyncio.current_task())
     caller_left = False
+    watching: asyncio.Task[None] | None = None
 
     async def watch() -> None:
         nonlocal caller_left
@@ -206,7 +207,11 @@ async def _while_connected(request: Request, answer: Awaitable[Response]) -> Res
             caller_left = True
             answering.cancel()
 
-    watching = asyncio.create_task(watch())
+    def start_watching() -> None:
+        nonlocal watching
+        watching = loop.create_task(watch())
+
+    timer = loop.call_later(WATCH_AFTER_S, start_watching)
     try:
         return await answer
     except asyncio.CancelledError:
@@ -215,7 +220,19 @@ async def _while_connected(request: Request, answer: Awaitable[Response]) -> Res
         log.info("the caller left before the answer; its call to the endpoint was cancelled")
         return Response(status_code=499)  # nobody reads it: the connection is gone
     finally:
-        watching.cancel()
+        timer.cancel()
+        if watching is not None:
+            watching.cancel()
+
+
+async def _whole(answer: Awaitable[dict[str, Any]]) -> Response:
+    return JSONResponse(await answer)
+
+
+async def _streamed(events: AsyncIterator[bytes]) -> Response:
+    # Failures before the first event still get their status code and a JSON error.
+    first = await anext(events)
+    return EventStreamResponse(_prepend(first, events), headers=SSE_HEADERS)
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -237,7 +254,7 @@ async def _respond(request: Request, handler: Handler) -> Response:
         response = error_response(exc)
     except Exception:
         log.exception("%s %s failed unexpectedly", request.method, request.url.path)
-        response = JSONResponse(INTERNAL_ERROR_BODY, status_code=500)
+        response = internal_error_response()
     response.headers.append(REQUEST_ID_HEADER, request_id)
     return response
 
@@ -281,7 +298,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not _ASCII_DIGITS.fullmatch(declared):
             raise InvalidRequestError("The Content-Length header is not a number.")
         if int(declared) > limit:
             raise _too_large(limit)

@@ -12,7 +12,7 @@ from .callers import Caller
 from .chat import ChatRequest, chat_completion
 from .config import EndpointConfig, GatewayConfig, load_config
 from .credentials import Credential, Credentials
-from .errors import ModelNotFoundError, ResponseFormatError, UpstreamTimeoutError
+from .errors import GatewayError, ModelNotFoundError, ResponseFormatError, UpstreamError, UpstreamTimeoutError
 from .formatters import ChatResult
 from .limits import CallerLimits
 from .logs import current_request_id, get_logger
@@ -48,6 +48,8 @@ class Gateway:
         if self.limits is not None:
             observer = Observers([self.limits.observer, observer])
         self._credentials = credentials or Credentials(settings=config.credentials)
+        if observer is not NO_OBSERVER and not isinstance(observer, Observers):
+            observer = Observers([observer])  # one that raises is logged, not the request's failure
         self._credentials.observe(observer)
         self._transport: Sender = transport or Transport(max_response_bytes=config.max_response_bytes)
         self._observer = observer
@@ -188,9 +190,21 @@ def _chat_builder(request: ChatRequest, *, ask_usage: bool = False) -> RequestBu
             params = {**params, "stream": True}
             if ask_usage:
                 params["stream_options"] = {"include_usage": True}
-        return build_upstream_request(
-            endpoint, request.messages, params, credential.headers, client_request_id=request_id
-        )
+        try:
+            return build_upstream_request(
+                endpoint, request.messages, params, credential.headers, client_request_id=request_id
+            )
+        except GatewayError:
+            raise
+        except Exception as exc:  # a user formatter's bug, say: the endpoint's configuration
+            log.exception(
+                "endpoint %r: %s cannot build the request", endpoint.name, endpoint.content_formatter
+            )
+            raise UpstreamError(
+                f"endpoint {endpoint.name!r}: {endpoint.content_formatter} failed to build the request "
+                f"({type(exc).__name__}); check this endpoint's content_formatter",
+                code="formatter_failed",
+            ) from exc
 
     return build
 
