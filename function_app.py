@@ -18,6 +18,9 @@ from shared.telemetry import host_records_requests
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 host_records_requests()  # the host records each invocation: telemetry must not count it twice
 api = GatewayApi.from_environ()
+# With callers.auth.type entra the gateway checks each caller's token itself (docs/callers.md),
+# so the host must let requests through without a function key.
+_gateway_checks_callers = api.gateway.config.callers.auth.type == "entra"
 
 
 def _function(route: Route) -> Callable[[Request], Awaitable[Response]]:
@@ -35,7 +38,7 @@ for _route in ROUTES:
         app.route(
             route=_route.path,
             methods=[_route.method],
-            auth_level=func.AuthLevel.ANONYMOUS if _route.anonymous else None,
+            auth_level=func.AuthLevel.ANONYMOUS if _route.anonymous or _gateway_checks_callers else None,
         )(_function(_route))
     )
 

@@ -119,6 +119,12 @@ param foundryAccountResourceGroup string = ''
 ])
 param foundryRoleName string = 'Cognitive Services OpenAI User'
 
+@description('True: an Azure Managed Redis for callers\' limits shared by every instance (gateway callers.limits.store, docs/callers.md): Entra ID authentication only, the app identity gets its default access policy; with vnetEnabled, a private endpoint. Its URL is the output REDIS_URL.')
+param enableRedis bool = false
+
+@description('Azure Managed Redis SKU when enableRedis: Balanced_B0 (the smallest) and up.')
+param redisSkuName string = 'Balanced_B0'
+
 @description('Days the Log Analytics workspace keeps logs.')
 @minValue(30)
 @maxValue(730)
@@ -154,6 +160,7 @@ var applicationInsightsName = '${abbrs.insightsComponents}${environmentName}-${r
 var vnetName = '${abbrs.networkVirtualNetworks}${environmentName}-${resourceToken}'
 var hostStorageName = !empty(storageAccountName) ? storageAccountName : '${abbrs.storageStorageAccounts}${resourceToken}'
 var newKeyVaultName = !empty(keyVaultName) ? keyVaultName : '${abbrs.keyVaultVaults}${resourceToken}'
+var redisName = '${abbrs.cacheRedis}${environmentName}-${resourceToken}'
 var deploymentContainerName = toLower('app-package-${take(appName, 32)}-${take(resourceToken, 7)}')
 
 var createKeyVault = empty(existingKeyVaultName)
@@ -228,6 +235,21 @@ module network 'modules/network.bicep' = if (vnetEnabled) {
     storageAccountId: storage.outputs.storageAccountId
     // `!`: each read of a conditional module's outputs is guarded by that module's condition.
     keyVaultId: createKeyVault ? keyVault!.outputs.keyVaultId : ''
+  }
+}
+
+module redis 'modules/redis.bicep' = if (enableRedis) {
+  name: 'redis-${resourceToken}'
+  params: {
+    location: location
+    tags: allTags
+    redisName: redisName
+    skuName: redisSkuName
+    identityPrincipalId: identity.properties.principalId
+    vnetEnabled: vnetEnabled
+    privateEndpointSubnetId: vnetEnabled ? network!.outputs.privateEndpointSubnetId : ''
+    vnetId: vnetEnabled ? network!.outputs.vnetId : ''
+    privateEndpointPrefix: abbrs.networkPrivateEndpoints
   }
 }
 
@@ -321,3 +343,4 @@ output AZURE_CLIENT_ID string = identity.properties.clientId
 output AZURE_PRINCIPAL_ID string = identity.properties.principalId
 output KEY_VAULT_NAME string = createKeyVault ? keyVault!.outputs.keyVaultName : existingKeyVaultName
 output KEY_VAULT_URL string = createKeyVault ? keyVault!.outputs.keyVaultUri : existingKeyVault.properties.vaultUri
+output REDIS_URL string = enableRedis ? redis!.outputs.redisUrl : ''

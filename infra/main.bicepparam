@@ -83,6 +83,10 @@ param allowedCorsOrigins = [
 // param foundryAccountName = ''             // keyless Foundry / Azure OpenAI: a role for the app
 // param foundryAccountResourceGroup = ''    // default: this resource group
 // param foundryRoleName = 'Cognitive Services OpenAI User'  // or 'Cognitive Services User'
+// An Azure Managed Redis for callers' limits across instances; its URL (output REDIS_URL) goes
+// in gatewayConfig's callers.limits.store: {type: 'redis', url: ..., auth: {type: 'entra'}}.
+// param enableRedis = false
+// param redisSkuName = 'Balanced_B0'
 // param logRetentionInDays = 30
 // param functionAppName = ''                // default: func-<environmentName>-<token>
 // param keyVaultName = ''                   // default: kv-<token>

@@ -117,6 +117,12 @@ param foundryAccountResourceGroup string = ''
 ])
 param foundryRoleName string = 'Cognitive Services OpenAI User'
 
+@description('True: an Azure Managed Redis for callers\' limits (Entra ID only; private endpoint with vnetEnabled).')
+param enableRedis bool = false
+
+@description('Azure Managed Redis SKU when enableRedis.')
+param redisSkuName string = 'Balanced_B0'
+
 @description('Days the Log Analytics workspace keeps logs.')
 @minValue(30)
 @maxValue(730)
@@ -176,6 +182,8 @@ module gateway 'main.bicep' = {
     foundryAccountName: foundryAccountName
     foundryAccountResourceGroup: foundryAccountResourceGroup
     foundryRoleName: foundryRoleName
+    enableRedis: enableRedis
+    redisSkuName: redisSkuName
     logRetentionInDays: logRetentionInDays
     functionAppName: functionAppName
     keyVaultName: keyVaultName
@@ -193,3 +201,4 @@ output AZURE_CLIENT_ID string = gateway.outputs.AZURE_CLIENT_ID
 output AZURE_PRINCIPAL_ID string = gateway.outputs.AZURE_PRINCIPAL_ID
 output KEY_VAULT_NAME string = gateway.outputs.KEY_VAULT_NAME
 output KEY_VAULT_URL string = gateway.outputs.KEY_VAULT_URL
+output REDIS_URL string = gateway.outputs.REDIS_URL

@@ -82,6 +82,10 @@ param allowedCorsOrigins = [
 // param existingKeyVaultResourceGroup = ''  // default: this resource group
 // param amlWorkspaceName = ''               // keyless scoring: AzureML Data Scientist for the app
 // param amlWorkspaceResourceGroup = ''      // default: this resource group
+// An Azure Managed Redis for callers' limits across instances; its URL (output REDIS_URL) goes
+// in gatewayConfig's callers.limits.store: {type: 'redis', url: ..., auth: {type: 'entra'}}.
+// param enableRedis = false
+// param redisSkuName = 'Balanced_B0'
 // param logRetentionInDays = 30
 // param functionAppName = ''                // default: func-<environmentName>-<token>
 // param keyVaultName = ''                   // default: kv-<token>

@@ -24,10 +24,13 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .callers import EntraCallers
+from .codec import dumps
 from .config import GatewayConfig
 from .errors import ConfigError, GatewayError, MethodNotAllowedError, NotFoundError
 from .guard import HostGuard, OpenAICORSMiddleware
 from .http import REQUEST_ID_HEADER, GatewayApi, error_response, internal_error_response
+from .limits import RATE_LIMIT_HEADERS
 from .logs import bind_request_id
 from .routes import ROUTES, describe_routes
 from .runtime import tune_gc
@@ -85,7 +88,7 @@ def build_app(api: GatewayApi) -> ASGIApp:
         yield {LIMITS_STATE_KEY: api.gateway.config.local_server}
         await api.aclose()
 
-    chat_page = HTMLResponse(CHAT_PAGE.read_bytes())
+    chat_page = HTMLResponse(_chat_page(api.gateway.config))
 
     async def chat(request: Request) -> Response:
         return chat_page
@@ -129,10 +132,27 @@ def _answering_browsers(app: ASGIApp, config: GatewayConfig) -> ASGIApp:
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
             allow_credentials=cors.allow_credentials,
-            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After", *RATE_LIMIT_HEADERS],
             max_age=cors.max_age_s,
         )
     return HostGuard(app, config.allowed_hosts)
+
+
+def _chat_page(config: GatewayConfig) -> bytes:
+    """The page, told how to sign users in when callers need an Entra ID token."""
+    page = CHAT_PAGE.read_bytes()
+    auth = config.callers.auth
+    settings = auth.page_settings() if isinstance(auth, EntraCallers) else None
+    if settings is None:
+        return page
+    # JSON inside <script>: "<" escaped so no value can close the element.
+    data = dumps(settings).replace(b"<", b"\\u003c")
+    return page.replace(
+        _AUTH_PLACEHOLDER, b'<script id="gateway-auth" type="application/json">' + data + b"</script>"
+    )
+
+
+_AUTH_PLACEHOLDER = b'<script id="gateway-auth" type="application/json">null</script>'
 
 
 async def _routing_error(request: Request, exc: Exception) -> Response:

@@ -150,9 +150,12 @@ def check_counts(
         return
     parts = 0
     for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            parts += len(content)
+        if not isinstance(message, dict):
+            continue
+        for key in ("content", "output"):  # a Responses function_call_output has parts in output
+            value = message.get(key)
+            if isinstance(value, list):
+                parts += len(value)
     if parts > max_content_parts:
         raise InvalidRequestError(
             f"{param}: this gateway takes at most {max_content_parts} content parts over all "

@@ -7,7 +7,6 @@ Read from `GATEWAY_CONFIG` (inline JSON) or `GATEWAY_CONFIG_FILE` (a path). Ever
 from __future__ import annotations
 
 import importlib
-import ipaddress
 import json
 import logging
 import os
@@ -22,10 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from .api_type import ApiType
+from .callers import CallersSettings
 from .credentials import PROVIDERS, Auth, CredentialSettings, EnvAuth, KeyAuthSettings
 from .errors import ConfigError
 from .formatters import BUILTIN_FORMATTERS, ContentFormatterBase
 from .url_forms import form_problem, form_warning, with_url_defaults
+from .vault_url import is_loopback
 
 logger = logging.getLogger("gateway.config")
 
@@ -232,6 +233,8 @@ class GatewayConfig(_Model):
     streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
     local_server: LocalServerSettings = Field(default_factory=LocalServerSettings)
+    #: Who may call, and how much (docs/callers.md).
+    callers: CallersSettings = Field(default_factory=CallersSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     @field_validator("allowed_hosts")
@@ -378,7 +381,7 @@ def _check_url(url: str, api_type: str) -> str:
         parts.port  # noqa: B018 (it parses the port)
     except ValueError:
         raise ValueError(f"{url!r} has a port that is not a number from 0 to 65535") from None
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ValueError(
             f"{url!r} uses plain http; keys must travel over https (plain http is accepted only "
             "for 127.0.0.1/localhost, e.g. the local emulator)"
@@ -407,15 +410,6 @@ def _check_url(url: str, api_type: str) -> str:
         )
         raise ValueError(f"a dedicated endpoint URL ends in /score; got {url!r}{hint}")
     return url
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_config(document: str | bytes, *, source: str = "GATEWAY_CONFIG") -> GatewayConfig:

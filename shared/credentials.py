@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
     from azure.keyvault.secrets.aio import SecretClient
 
+_HEADER_SAFE = re.compile(r"[!-~]+")
 #: Entra tokens are renewed this long before they expire.
 TOKEN_RENEWAL_MARGIN_S = 300.0
 DEFAULT_ENTRA_SCOPE = ML_SCOPE
@@ -171,8 +173,17 @@ class CredentialProvider:
 
     async def _fetch_and_tell(self, name: str) -> Expiring:
         entry = await self.fetch(name)
+        # Keys and tokens are visible ASCII; a secret stored with its file's line end, say,
+        # would fail in the header at every request.
+        value = entry.value.strip()
+        if not _HEADER_SAFE.fullmatch(value):
+            raise CredentialUnavailableError(
+                f"the {self.auth_type()} credential {name!r} holds characters that cannot be sent "
+                "in an HTTP header (control characters, spaces or non-ASCII); store it without them",
+                outage=False,
+            )
         self._context.observer.credential_fetched(self.auth_type(), name)
-        return entry
+        return entry if value == entry.value else replace(entry, value=value)
 
     def _stale(self, name: str, error: CredentialUnavailableError) -> None:
         self._context.observer.credential_served_stale(self.auth_type(), name, error)

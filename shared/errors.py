@@ -98,6 +98,38 @@ class MisdirectedRequestError(GatewayError):
     code = "host_not_allowed"
 
 
+class InvalidTokenError(GatewayError):
+    """A caller's access token is missing, malformed, expired, not signed by the tenant or not
+    meant for this gateway. The message says which, never what the token holds."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_token"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+class InsufficientScopeError(GatewayError):
+    """A valid token without any of the roles or scopes the gateway requires."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "insufficient_scope"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'})
+
+
+class CallerLimitError(GatewayError):
+    """A caller over its own limit (`callers.limits`): `rate_limit_exceeded` per minute,
+    `insufficient_quota` per day."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
 class UpstreamThrottledError(GatewayError):
     status = 429
     type = "rate_limit_error"
@@ -139,6 +171,18 @@ class CredentialUnavailableError(ServiceUnavailableError):
     def __init__(self, message: str, *, outage: bool) -> None:
         super().__init__(message)
         self.outage = outage
+
+
+class SigningKeysUnavailableError(ServiceUnavailableError):
+    """The tenant's token signing keys cannot be fetched and no cached key fits the token."""
+
+    code = "signing_keys_unavailable"
+
+
+class LimitStoreUnavailableError(ServiceUnavailableError):
+    """The limits' store (Redis) cannot be reached and `on_store_error` is `deny`."""
+
+    code = "limit_store_unavailable"
 
 
 class UpstreamTimeoutError(GatewayError):

@@ -36,6 +36,10 @@ class ChatResult:
     def from_text(cls, text: str, finish_reason: str | None = "stop") -> ChatResult:
         return cls([ChatChoice({"role": "assistant", "content": text}, finish_reason)])
 
+    def text_chars(self) -> int:
+        """The characters of the answer's text (content, reasoning, tool call arguments)."""
+        return len(dumps([choice.message for choice in self.choices]))
+
 
 def loads(output: bytes) -> Any:
     """An endpoint's JSON answer; `ResponseFormatError` if it is not JSON."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, cast
 from urllib.parse import unquote
@@ -18,7 +19,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from .chat import ChatRequest, parse_chat_request
+from .callers import Caller, caller_auth
+from .chat import parse_chat_request
 from .codec import dumps
 from .errors import (
     INTERNAL_ERROR_BODY,
@@ -27,9 +29,10 @@ from .errors import (
     RequestTooLargeError,
     UnsupportedMediaTypeError,
 )
+from .limits import estimate_tokens
 from .logs import bind_request_id, get_logger
 from .openapi import openapi_document
-from .responses import ResponsesCall, parse_responses_request
+from .responses import parse_responses_request
 from .service import Gateway
 from .sse import SSE_HEADERS
 from .tracecontext import bind_caller_trace
@@ -37,6 +40,9 @@ from .tracecontext import bind_caller_trace
 log = get_logger("gateway.http")
 
 REQUEST_ID_HEADER = "x-request-id"
+_ASCII_DIGITS = re.compile(r"[0-9]{1,20}")
+#: How long an answer may take before the handler starts watching for its caller to leave.
+WATCH_AFTER_S = 0.05
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -84,8 +90,13 @@ class GatewayApi:
         self.gateway = gateway
         self._max_request_bytes = gateway.config.max_request_bytes
         self._openapi_document: bytes | None = None
-        self._max_messages = gateway.config.max_messages
-        self._max_content_parts = gateway.config.max_content_parts
+        #: What a request may hold, counted before it is validated.
+        self._counts = {
+            "max_messages": gateway.config.max_messages,
+            "max_content_parts": gateway.config.max_content_parts,
+        }
+        #: Who is calling (`callers.auth`): checked first, before the body is read.
+        self.callers = caller_auth(gateway.config.callers.auth)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> GatewayApi:
@@ -110,59 +121,85 @@ class GatewayApi:
         return await _respond(request, self._openapi)
 
     async def aclose(self) -> None:
+        await self.callers.aclose()
         await self.gateway.aclose()
 
     async def _chat_completions(self, request: Request) -> Response:
-        require_json(request.headers.get("content-type"))
-        body = await read_body(request, self._max_request_bytes)
-        chat = parse_chat_request(
-            body, max_messages=self._max_messages, max_content_parts=self._max_content_parts
-        )
-        return await _while_connected(request, self._answer(chat))
+        caller = await self.callers.authenticate(request.headers)
+        body = await self._json_body(request)
+        chat = parse_chat_request(body, **self._counts)
 
-    async def _answer(self, chat: ChatRequest) -> Response:
-        if not chat.stream:
-            return JSONResponse(await self.gateway.chat(chat))
-        events = self.gateway.chat_stream(chat)
-        # Failures before the first event still get their status code and a JSON error.
-        first = await anext(events)
-        return EventStreamResponse(_prepend(first, events), headers=SSE_HEADERS)
+        async def answer() -> Response:
+            if chat.stream:
+                return await _streamed(self.gateway.chat_stream(chat, caller))
+            return await _whole(self.gateway.chat(chat, caller))
+
+        return await self._within_limits(caller, len(body), request, answer)
 
     async def _responses(self, request: Request) -> Response:
-        require_json(request.headers.get("content-type"))
-        body = await read_body(request, self._max_request_bytes)
-        call = parse_responses_request(
-            body, max_messages=self._max_messages, max_content_parts=self._max_content_parts
-        )
-        return await _while_connected(request, self._answer_responses(call))
+        caller = await self.callers.authenticate(request.headers)
+        body = await self._json_body(request)
+        call = parse_responses_request(body, **self._counts)
 
-    async def _answer_responses(self, call: ResponsesCall) -> Response:
-        if not call.chat.stream:
-            return JSONResponse(await self.gateway.responses(call))
-        events = self.gateway.responses_stream(call)
-        first = await anext(events)
-        return EventStreamResponse(_prepend(first, events), headers=SSE_HEADERS)
+        async def answer() -> Response:
+            if call.chat.stream:
+                return await _streamed(self.gateway.responses_stream(call, caller))
+            return await _whole(self.gateway.responses(call, caller))
+
+        return await self._within_limits(caller, len(body), request, answer)
+
+    async def _json_body(self, request: Request) -> bytes:
+        require_json(request.headers.get("content-type"))
+        return await read_body(request, self._max_request_bytes)
+
+    async def _within_limits(
+        self, caller: Caller, body_bytes: int, request: Request, answer: Callable[[], Awaitable[Response]]
+    ) -> Response:
+        """`answer` (while the caller is connected) if the caller is within its limits (else
+        429), with its limits' headers; the prompt's tokens are estimated from the body's length
+        and reserved until the request ends (the limits' observer settles them)."""
+        limits = self.gateway.limits
+        if limits is None:
+            return await _while_connected(request, answer())
+        admission = await limits.admit(caller, estimate_tokens(body_bytes))
+        try:
+            response = await _while_connected(request, answer())
+        except GatewayError as exc:
+            exc.headers.update(admission.headers)
+            limits.settle(admission, 0)  # unless the request reached an endpoint (settled then)
+            raise
+        except BaseException:
+            limits.settle(admission, 0)
+            raise
+        response.headers.update(admission.headers)
+        return response
 
     async def _models(self, request: Request) -> Response:
+        await self.callers.authenticate(request.headers)
         return JSONResponse(self.gateway.models())
 
     async def _retrieve_model(self, request: Request) -> Response:
+        await self.callers.authenticate(request.headers)
         # The local server's router fills path_params; the Functions host forwards the URL only.
         name = request.path_params.get("id") or unquote(request.url.path.rpartition("/v1/models/")[2])
         return JSONResponse(self.gateway.model(name))
 
     async def _openapi(self, request: Request) -> Response:
+        await self.callers.authenticate(request.headers)
         if self._openapi_document is None:
             self._openapi_document = dumps(openapi_document())
         return Response(self._openapi_document, media_type="application/json")
 
 
 async def _while_connected(request: Request, answer: Awaitable[Response]) -> Response:
-    """`answer`, cancelled as soon as the caller disconnects: its call to the endpoint and its
-    in-flight slot are given back at once, not when the endpoint answers. (Once the response
-    starts, `EventStreamResponse` watches a stream the same way.)"""
+    """`answer`, cancelled when the caller disconnects: its call to the endpoint and its
+    in-flight slot are given back then, not when the endpoint answers. (Once the response
+    starts, `EventStreamResponse` watches a stream the same way.) Most answers come sooner than
+    `WATCH_AFTER_S`, so the watch starts only then: no task for them."""
+    loop = asyncio.get_running_loop()
     answering = cast(asyncio.Task[Any], asyncio.current_task())
     caller_left = False
+    watching: asyncio.Task[None] | None = None
 
     async def watch() -> None:
         nonlocal caller_left
@@ -171,7 +208,11 @@ async def _while_connected(request: Request, answer: Awaitable[Response]) -> Res
             caller_left = True
             answering.cancel()
 
-    watching = asyncio.create_task(watch())
+    def start_watching() -> None:
+        nonlocal watching
+        watching = loop.create_task(watch())
+
+    timer = loop.call_later(WATCH_AFTER_S, start_watching)
     try:
         return await answer
     except asyncio.CancelledError:
@@ -180,7 +221,19 @@ async def _while_connected(request: Request, answer: Awaitable[Response]) -> Res
         log.info("the caller left before the answer; its call to the endpoint was cancelled")
         return Response(status_code=499)  # nobody reads it: the connection is gone
     finally:
-        watching.cancel()
+        timer.cancel()
+        if watching is not None:
+            watching.cancel()
+
+
+async def _whole(answer: Awaitable[dict[str, Any]]) -> Response:
+    return JSONResponse(await answer)
+
+
+async def _streamed(events: AsyncIterator[bytes]) -> Response:
+    # Failures before the first event still get their status code and a JSON error.
+    first = await anext(events)
+    return EventStreamResponse(_prepend(first, events), headers=SSE_HEADERS)
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -203,7 +256,7 @@ async def _respond(request: Request, handler: Handler) -> Response:
         response = error_response(exc)
     except Exception:
         log.exception("%s %s failed unexpectedly", request.method, request.url.path)
-        response = JSONResponse(INTERNAL_ERROR_BODY, status_code=500)
+        response = internal_error_response()
     response.headers.append(REQUEST_ID_HEADER, request_id)
     return response
 
@@ -247,7 +300,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not _ASCII_DIGITS.fullmatch(declared):
             raise InvalidRequestError("The Content-Length header is not a number.")
         if int(declared) > limit:
             raise _too_large(limit)

@@ -37,6 +37,11 @@ class Exchange:
     finish_reasons: list[str] = field(default_factory=list)
     #: `time.monotonic()` at the start.
     started: float = field(default_factory=time.monotonic)
+    #: Who sent it (`shared.callers.Caller`: its id, roles and limits' admission), if known.
+    caller: Any = None
+    #: When the endpoint reported no usage (`/score`): the characters of its answer, from
+    #: which limits estimate its tokens.
+    answer_chars: int | None = None
     #: Per-request state that observers keep for themselves, under a key of their own.
     state: dict[str, Any] = field(default_factory=dict)
     #: The validated request (a `ChatRequest`: its parameters, its messages), if any.

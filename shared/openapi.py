@@ -102,13 +102,15 @@ _MODELS = {
 
 _ERROR_STATUSES = {
     "400": "Invalid request: bad JSON, a field that fails validation, or parameters the endpoint cannot take",
+    "401": "callers.auth entra: no valid Entra ID access token (WWW-Authenticate: Bearer error=invalid_token)",
+    "403": "callers.auth entra: the token has none of the required roles or scopes",
     "404": "Unknown model",
     "413": "Request body larger than max_request_bytes",
     "415": "The body is not declared as Content-Type: application/json",
     "421": "Local server only: the Host header does not name the server (see allowed_hosts)",
-    "429": "The endpoint is throttling, or its max_concurrency is reached (see Retry-After)",
+    "429": "The caller is over its limits, the endpoint is throttling, or its max_concurrency is reached (see Retry-After)",
     "502": "The endpoint answered badly",
-    "503": "The endpoint, or its key or token, is unavailable",
+    "503": "The endpoint, its key or token, the tenant's signing keys or the limits' store is unavailable",
     "504": "The endpoint did not answer in time",
 }
 
@@ -144,7 +146,7 @@ _OPERATIONS: dict[str, dict[str, Any]] = {
                     "text/event-stream": {"schema": _SSE_EVENT},
                 },
             },
-            **_errors("400", "404", "413", "415", "421", "429", "502", "503", "504"),
+            **_errors("400", "401", "403", "404", "413", "415", "421", "429", "502", "503", "504"),
         },
     },
     "responses": {
@@ -161,7 +163,7 @@ _OPERATIONS: dict[str, dict[str, Any]] = {
                     "text/event-stream": {"schema": _SSE_EVENT},
                 },
             },
-            **_errors("400", "404", "413", "415", "421", "429", "502", "503", "504"),
+            **_errors("400", "401", "403", "404", "413", "415", "421", "429", "502", "503", "504"),
         },
     },
     "retrieve_model": {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Callable, Iterable, Mapping
 
 from .config import EndpointConfig, GatewayConfig, GroupConfig
@@ -33,6 +34,8 @@ from .routing import UpstreamRequest
 from .transport import Answer, Sender
 
 log = get_logger("gateway.pipeline")
+
+_SECONDS = re.compile(r"[0-9]{1,9}")
 
 #: The upstream request for an endpoint, authorized with its credential.
 RequestBuilder = Callable[[EndpointConfig, Credential], UpstreamRequest]
@@ -172,7 +175,7 @@ class Pipeline:
             if previous is not None and failures:
                 self._observer.fallback(exchange, previous, candidate.name, failures[-1])
             previous = candidate.name
-            refused = self.cooldowns.admit(candidate.name)
+            refused = self.cooldowns.admit(candidate.name, exchange)
             if refused is not None:
                 failures.append(refused)
                 continue
@@ -182,27 +185,27 @@ class Pipeline:
             try:
                 upstream = await self._tries(exchange, candidate, build, leases, deadline, stream)
             except ConcurrencyLimitError as exc:
-                self.cooldowns.abandoned(candidate.name)
+                self.cooldowns.abandoned(candidate.name, exchange)
                 self._observer.limit_rejected(exchange, "max_concurrency", exc)
                 failures.append(exc)
                 continue
             except InvalidRequestError as exc:
-                self.cooldowns.abandoned(candidate.name)
+                self.cooldowns.abandoned(candidate.name, exchange)
                 if primary:
                     raise
                 log.info("fallback %r cannot take this request: %s", candidate.name, exc.message)
                 continue
             except GatewayError as exc:
                 if not retryable(exc):
-                    self.cooldowns.abandoned(candidate.name)
+                    self.cooldowns.abandoned(candidate.name, exchange)
                     raise
-                if self.cooldowns.failed(candidate.name, exc):
+                if self.cooldowns.failed(candidate.name, exc, exchange):
                     self._observer.cooldown_opened(candidate.name, self.config.resilience.cooldown_s)
                 failures.append(exc)
                 log.warning("endpoint %r failed: %s", candidate.name, exc.message)
                 continue
             except BaseException:
-                self.cooldowns.abandoned(candidate.name)
+                self.cooldowns.abandoned(candidate.name, exchange)
                 raise
             if self.cooldowns.succeeded(candidate.name):
                 self._observer.cooldown_closed(candidate.name)
@@ -331,8 +334,12 @@ def _soonest_retry_after(failures: list[GatewayError]) -> None:
     """When every member of a group failed, the caller may retry when the first of them is
     expected back: the shortest `Retry-After` among the failures goes on the last one."""
     last = failures[-1]
-    if "Retry-After" in last.headers or last.status not in (429, 503):
+    if last.status not in (429, 503):
         return
-    waits = [int(f.headers["Retry-After"]) for f in failures if f.headers.get("Retry-After", "").isdigit()]
+    waits = [
+        int(f.headers["Retry-After"])
+        for f in failures
+        if _SECONDS.fullmatch(f.headers.get("Retry-After", ""))
+    ]
     if waits:
         last.headers["Retry-After"] = str(min(waits))

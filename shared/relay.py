@@ -199,13 +199,14 @@ async def relay_chat(
     """The caller's events for the answer `opening` gives (awaited here, with keep-alives
     meanwhile), as `writer` writes them. What `opening` holds is the caller's to release after
     the last event."""
-    started = False
+    started = told = False  # started: something was sent; told: the first chunk, to observers
     try:
         async for item in _events(
             opening, pacing, read_result, exchange, include_usage, writer, max_event_bytes
         ):
-            if not started:
-                started = True
+            started = True
+            if not told and item != KEEPALIVE:
+                told = True
                 observer.first_chunk(exchange)
             yield item
     except GatewayError as exc:
@@ -251,6 +252,8 @@ async def _events(
         yield keepalive
     result = read_result(endpoint, reading.result())
     exchange.usage = result.usage
+    if result.usage is None:
+        exchange.answer_chars = result.text_chars()
     exchange.finish_reasons.extend(c.finish_reason or "stop" for c in result.choices)
     encode = writer.chunk
     yield (

@@ -168,6 +168,10 @@ class ResponsesRequest(_Open):
 
 #: Fields this module consumes; every other field is forwarded to the endpoint as a parameter.
 _RESPONSES_FIELDS = frozenset(ResponsesRequest.model_fields)
+#: The chat request's own fields, which the gateway builds from `input` and `stream`: an
+#: unknown field of the same name must not replace them (`messages` would replace the whole
+#: conversation, past every check).
+_CHAT_OWN = frozenset({"messages", "model", "stream", "stream_options", "n"})
 
 #: What each refused field needs that a stateless gateway in front of chat endpoints lacks.
 _UNSUPPORTED: dict[str, str] = {
@@ -232,7 +236,9 @@ def parse_responses_request(
                 f"{param}: {value!r} cannot be included by this gateway (it supports {sorted(_INCLUDABLE)})",
                 param=param,
             )
-    parameters = {k: v for k, v in sent.items() if k not in _RESPONSES_FIELDS and v is not None}
+    parameters = {
+        k: v for k, v in sent.items() if k not in _RESPONSES_FIELDS and k not in _CHAT_OWN and v is not None
+    }
     parameters.update(_chat_parameters(request))
     chat = ChatRequest(
         model=request.model,

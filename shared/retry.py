@@ -89,11 +89,11 @@ class Cooldowns:
         self._failures: dict[str, int] = {}
         #: Open circuits: until when, and whether the endpoint was throttling.
         self._until: dict[str, tuple[float, bool]] = {}
-        #: Half-open circuits whose probe is under way, and since when.
-        self._probing: dict[str, float] = {}
+        #: Half-open circuits whose probe is under way: since when, and whose request it is.
+        self._probing: dict[str, tuple[float, object]] = {}
 
-    def admit(self, name: str) -> GatewayError | None:
-        """None if this request may try `name` (perhaps as its probe), else the error to
+    def admit(self, name: str, owner: object = None) -> GatewayError | None:
+        """None if the request `owner` may try `name` (perhaps as its probe), else the error to
         answer with while it cools down."""
         until = self._until.get(name)
         if until is None:
@@ -101,9 +101,9 @@ class Cooldowns:
         now = self._clock()
         remaining = until[0] - now
         if remaining <= 0:
-            probe_started = self._probing.get(name)
-            if probe_started is None or now - probe_started >= self._probe_timeout_s:
-                self._probing[name] = now
+            probe = self._probing.get(name)
+            if probe is None or now - probe[0] >= self._probe_timeout_s:
+                self._probing[name] = (now, owner)
                 return None
             remaining = 1.0
         retry_after = {"Retry-After": str(max(1, round(remaining)))}
@@ -117,22 +117,35 @@ class Cooldowns:
             headers=retry_after,
         )
 
-    def failed(self, name: str, error: GatewayError) -> bool:
-        """Count a failure; True if it opened the circuit (again)."""
-        self._probing.pop(name, None)
-        failures = self._failures.get(name, 0) + 1
-        self._failures[name] = failures
-        if failures < self._threshold and name not in self._until:
-            return False
+    def failed(self, name: str, error: GatewayError, owner: object = None) -> bool:
+        """Count a failure of the request `owner`; True if it opened the circuit: the
+        `threshold`-th failure in a row, or the probe's. A failure of a request that was let in
+        before the circuit opened leaves the cooldown as it is."""
+        until = self._until.get(name)
+        if until is not None:
+            if not self._is_probe(name, owner):
+                return False
+            del self._probing[name]
+        else:
+            failures = self._failures.get(name, 0) + 1
+            self._failures[name] = failures
+            if failures < self._threshold:
+                return False
         self._until[name] = (self._clock() + self._cooldown_s, error.status == 429)
         return True
 
     def succeeded(self, name: str) -> bool:
-        """A request succeeded; True if that closed an open circuit."""
+        """A request succeeded (the endpoint works); True if that closed an open circuit."""
         self._failures.pop(name, None)
         self._probing.pop(name, None)
         return self._until.pop(name, None) is not None
 
-    def abandoned(self, name: str) -> None:
-        """The request that tried `name` ended without telling whether it works."""
-        self._probing.pop(name, None)
+    def abandoned(self, name: str, owner: object = None) -> None:
+        """The request `owner` ended without telling whether `name` works: if it was the probe,
+        the next request probes instead."""
+        if self._is_probe(name, owner):
+            del self._probing[name]
+
+    def _is_probe(self, name: str, owner: object) -> bool:
+        probe = self._probing.get(name)
+        return probe is not None and probe[1] is owner

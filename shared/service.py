@@ -8,13 +8,15 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from .api_type import ApiType
+from .callers import Caller
 from .chat import ChatRequest, chat_completion
 from .config import EndpointConfig, GatewayConfig, load_config
 from .credentials import Credential, Credentials
-from .errors import ModelNotFoundError, ResponseFormatError, UpstreamTimeoutError
+from .errors import GatewayError, ModelNotFoundError, ResponseFormatError, UpstreamError, UpstreamTimeoutError
 from .formatters import ChatResult
+from .limits import CallerLimits
 from .logs import current_request_id, get_logger
-from .observe import NO_OBSERVER, Exchange, Observer
+from .observe import NO_OBSERVER, Exchange, Observer, Observers
 from .pipeline import Leases, Pipeline, RequestBuilder, Target
 from .relay import CHAT_EVENTS, EventWriter, Pacing, relay_chat
 from .response_events import ResponseEvents
@@ -37,9 +39,18 @@ class Gateway:
         credentials: Credentials | None = None,
         transport: Sender | None = None,
         observer: Observer = NO_OBSERVER,
+        limits: CallerLimits | None = None,
     ) -> None:
         self.config = config
+        #: `callers.limits`, whose observer settles each request's tokens.
+        self.limits = limits
+        if limits is None and config.callers.limits is not None:
+            self.limits = CallerLimits.create(config.callers.limits)
+        if self.limits is not None:
+            observer = Observers([self.limits.observer, observer])
         self._credentials = credentials or Credentials(settings=config.credentials)
+        if observer is not NO_OBSERVER and not isinstance(observer, Observers):
+            observer = Observers([observer])  # one that raises is logged, not the request's failure
         self._credentials.observe(observer)
         self._transport: Sender = transport or Transport(max_response_bytes=config.max_response_bytes)
         self._observer = observer
@@ -61,8 +72,11 @@ class Gateway:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> Gateway:
         config = load_config(environ)
+        limits = CallerLimits.create(config.callers.limits, environ) if config.callers.limits else None
         credentials = Credentials(environ, config.credentials)
-        return cls(config, credentials=credentials, observer=telemetry_observer(environ, config))
+        return cls(
+            config, credentials=credentials, limits=limits, observer=telemetry_observer(environ, config)
+        )
 
     def models(self) -> dict[str, Any]:
         return self._model_list
@@ -78,27 +92,29 @@ class Gateway:
             f"The model {name!r} does not exist on this gateway; available: {names}", param="model"
         )
 
-    async def chat(self, request: ChatRequest) -> dict[str, Any]:
+    async def chat(self, request: ChatRequest, caller: Caller | None = None) -> dict[str, Any]:
         """The `chat.completion` for a validated request."""
-        answered_by, result = await self._complete(request, "chat")
+        answered_by, result = await self._complete(request, "chat", caller)
         return chat_completion(result, model=answered_by.name)
 
-    async def responses(self, call: ResponsesCall) -> dict[str, Any]:
+    async def responses(self, call: ResponsesCall, caller: Caller | None = None) -> dict[str, Any]:
         """The `response` object for a validated Responses API request."""
-        answered_by, result = await self._complete(call.chat, "responses")
+        answered_by, result = await self._complete(call.chat, "responses", caller)
         return response_from_result(call, result, model=answered_by.name)
 
-    def chat_stream(self, request: ChatRequest) -> AsyncIterator[bytes]:
+    def chat_stream(self, request: ChatRequest, caller: Caller | None = None) -> AsyncIterator[bytes]:
         """The SSE events of a `"stream": true` request; failures before the first event raise,
         so the caller still gets a status code."""
-        return self._stream(request, "chat", CHAT_EVENTS)
+        return self._stream(request, "chat", CHAT_EVENTS, caller)
 
-    def responses_stream(self, call: ResponsesCall) -> AsyncIterator[bytes]:
+    def responses_stream(self, call: ResponsesCall, caller: Caller | None = None) -> AsyncIterator[bytes]:
         """The Responses API's SSE events, as `chat_stream`'s."""
-        return self._stream(call.chat, "responses", ResponseEvents(call))
+        return self._stream(call.chat, "responses", ResponseEvents(call), caller)
 
-    async def _complete(self, request: ChatRequest, operation: str) -> tuple[EndpointConfig, ChatResult]:
-        endpoint, exchange = self._start(request, operation)
+    async def _complete(
+        self, request: ChatRequest, operation: str, caller: Caller | None
+    ) -> tuple[EndpointConfig, ChatResult]:
+        endpoint, exchange = self._start(request, operation, caller)
         error: BaseException | None = None
         try:
             with Leases() as leases:
@@ -107,7 +123,10 @@ class Gateway:
                 )
                 response = await upstream.read()
             result = read_result(answered_by, response)
+            # Before request_ended: observers read them there.
             exchange.usage = result.usage
+            if result.usage is None:
+                exchange.answer_chars = result.text_chars()
             exchange.finish_reasons.extend(c.finish_reason or "stop" for c in result.choices)
         except BaseException as exc:
             error = exc
@@ -117,9 +136,9 @@ class Gateway:
         return answered_by, result
 
     async def _stream(
-        self, request: ChatRequest, operation: str, writer: EventWriter
+        self, request: ChatRequest, operation: str, writer: EventWriter, caller: Caller | None
     ) -> AsyncIterator[bytes]:
-        endpoint, exchange = self._start(request, operation)
+        endpoint, exchange = self._start(request, operation, caller)
         settings = self.config.streaming
         pacing = Pacing(
             keepalive_s=settings.keepalive_s,
@@ -131,7 +150,10 @@ class Gateway:
         error: BaseException | None = None
         try:
             with Leases() as leases:
-                opening = self.pipeline.open(exchange, endpoint, _chat_builder(request), leases, stream=True)
+                # Limits settle with the endpoint's usage: ask for it; the relay passes it on only
+                # if the caller asked.
+                build = _chat_builder(request, ask_usage=request.include_usage or self.limits is not None)
+                opening = self.pipeline.open(exchange, endpoint, build, leases, stream=True)
                 async for item in relay_chat(
                     opening,
                     pacing=pacing,
@@ -149,19 +171,23 @@ class Gateway:
         finally:
             self._observer.request_ended(exchange, error)
 
-    def _start(self, request: ChatRequest, operation: str) -> tuple[Target, Exchange]:
+    def _start(self, request: ChatRequest, operation: str, caller: Caller | None) -> tuple[Target, Exchange]:
         endpoint = self.pipeline.endpoint_for(request.model)
-        exchange = Exchange(operation, endpoint.name, request.stream, current_request_id(), request=request)
+        exchange = Exchange(
+            operation, endpoint.name, request.stream, current_request_id(), caller=caller, request=request
+        )
         self._observer.request_started(exchange)
         return endpoint, exchange
 
     async def aclose(self) -> None:
         await self._transport.aclose()
         await self._credentials.aclose()
+        if self.limits is not None:
+            await self.limits.aclose()
         await flush_telemetry()
 
 
-def _chat_builder(request: ChatRequest) -> RequestBuilder:
+def _chat_builder(request: ChatRequest, *, ask_usage: bool = False) -> RequestBuilder:
     """The upstream request of a chat request, for whichever endpoint the pipeline tries."""
     request_id = current_request_id()
 
@@ -169,11 +195,23 @@ def _chat_builder(request: ChatRequest) -> RequestBuilder:
         params = request.parameters
         if request.stream and endpoint.api_type is ApiType.SERVERLESS:
             params = {**params, "stream": True}
-            if request.include_usage:
+            if ask_usage:
                 params["stream_options"] = {"include_usage": True}
-        return build_upstream_request(
-            endpoint, request.messages, params, credential.headers, client_request_id=request_id
-        )
+        try:
+            return build_upstream_request(
+                endpoint, request.messages, params, credential.headers, client_request_id=request_id
+            )
+        except GatewayError:
+            raise
+        except Exception as exc:  # a user formatter's bug, say: the endpoint's configuration
+            log.exception(
+                "endpoint %r: %s cannot build the request", endpoint.name, endpoint.content_formatter
+            )
+            raise UpstreamError(
+                f"endpoint {endpoint.name!r}: {endpoint.content_formatter} failed to build the request "
+                f"({type(exc).__name__}); check this endpoint's content_formatter",
+                code="formatter_failed",
+            ) from exc
 
     return build
 

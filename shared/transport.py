@@ -276,6 +276,12 @@ def _error(exc: Exception, endpoint: str, timeout_s: float, *, streaming: bool) 
             code="upstream_connection_error",
             transient=True,
         )
+    if isinstance(exc, ValueError):  # aiohttp refusing a header or URL value of the request
+        return UpstreamError(
+            f"the request to endpoint {endpoint!r} could not be sent ({type(exc).__name__}); "
+            "check its configuration",
+            code="upstream_request_invalid",
+        )
     return exc
 
 

@@ -39,7 +39,7 @@ def _is_vault_url(url: str) -> bool:
         return False
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         return False
-    if _is_loopback(parts.hostname):
+    if is_loopback(parts.hostname):
         return True
     name, _, suffix = parts.hostname.partition(".")
     return (
@@ -50,7 +50,8 @@ def _is_vault_url(url: str) -> bool:
     )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address: where plain http or a test vault may be accepted."""
     if host == "localhost":
         return True
     try:

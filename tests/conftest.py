@@ -16,6 +16,7 @@ from shared.credentials import Credentials
 from shared.http import GatewayApi
 from shared.service import Gateway
 
+from .entra_issuer import Tenant
 from .servers import AiohttpServer, BackgroundLoop, UvicornServer
 
 
@@ -107,3 +108,13 @@ def start_gateway(servers: BackgroundLoop, canary_key: str) -> Iterator[GatewayF
 def gateway(emulator: tuple[Emulator, str], start_gateway: GatewayFactory) -> str:
     """The gateway's base URL, configured with the emulator's two endpoints."""
     return start_gateway(emulator_config(emulator[1]))
+
+
+@pytest.fixture
+def tenant(servers: BackgroundLoop) -> Iterator[Tenant]:
+    """A stand-in Entra tenant on 127.0.0.1: its OpenID configuration, key set and tokens."""
+    tenant = Tenant()
+    server = servers.run(AiohttpServer(tenant.app).start())
+    tenant.url = server.url
+    yield tenant
+    servers.run(server.stop())

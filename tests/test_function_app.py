@@ -118,6 +118,31 @@ def test_function_app_indexes_exactly_the_routes(indexed):
     }
 
 
+def test_with_entra_callers_every_route_is_anonymous_for_the_host():
+    """The gateway checks each caller's token itself (docs/callers.md): the host lets requests
+    through without a function key."""
+    saved = dict(os.environ)
+    callers = {
+        "auth": {"type": "entra", "tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "audience": "api://x"}
+    }
+    os.environ.update(
+        GATEWAY_CONFIG=json.dumps(emulator_config("http://127.0.0.1:9", callers=callers)), EMULATOR_KEY="k"
+    )
+    try:
+        import function_app
+
+        module = importlib.reload(function_app)
+        levels = {
+            f.get_function_name(): json.loads(f.get_function_json())["bindings"][0]["authLevel"]
+            for f in module.app.get_functions()
+        }
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert levels == dict.fromkeys(levels, "ANONYMOUS")
+    assert "chat_completions" in levels
+
+
 def test_every_route_takes_the_http_streams_request_type(indexed):
     from azurefunctions.extensions.http.fastapi import Request as StreamsRequest
 

@@ -140,7 +140,7 @@ def test_openapi_document_is_served(gateway):
 
 
 def test_gateway_errors_all_have_documented_statuses():
-    documented = {400, 404, 405, 413, 415, 421, 429, 500, 502, 503, 504}
+    documented = {400, 401, 403, 404, 405, 413, 415, 421, 429, 500, 502, 503, 504}
     pending = [GatewayError]
     while pending:
         cls = pending.pop()

@@ -324,3 +324,18 @@ async def test_a_caller_who_leaves_gives_back_its_slot_at_once(emulator, start_g
             break
         await asyncio.sleep(0.02)
     assert status == 200, (status, time.monotonic() - started)
+
+
+def test_only_the_probe_itself_can_give_its_turn_up_or_reopen_the_circuit():
+    now = [0.0]
+    cooldowns = Cooldowns(threshold=1, cooldown_s=10, clock=lambda: now[0])
+    early, probe, other = object(), object(), object()
+    assert cooldowns.admit("a", early) is None  # let in while the circuit is closed
+    assert cooldowns.failed("a", UpstreamError("boom", upstream_status=500), other) is True
+    assert cooldowns.failed("a", UpstreamError("late", upstream_status=500), early) is False  # no new opening
+    now[0] = 11
+    assert cooldowns.admit("a", probe) is None
+    cooldowns.abandoned("a", early)  # not the probe: its turn stays taken
+    assert cooldowns.admit("a", other) is not None
+    assert cooldowns.failed("a", UpstreamError("boom", upstream_status=500), probe) is True
+    assert cooldowns.admit("a", other) is not None

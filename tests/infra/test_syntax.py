@@ -36,6 +36,7 @@ EXPECTED_FILES = {
     "modules/rbac-foundry.bicep",
     "modules/rbac-keyvault.bicep",
     "modules/rbac.bicep",
+    "modules/redis.bicep",
     "modules/storage.bicep",
 }
 

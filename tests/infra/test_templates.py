@@ -615,3 +615,52 @@ def test_every_parameter_and_variable_is_used(path: Path) -> None:
     tree, code = parse(path), _code_without_strings(path)
     for name in [*tree.get("parameters", {}), *tree.get("variables", {})]:
         assert len(re.findall(rf"(?<![.\w]){name}\b", code)) >= 2, f"{path.name}: {name} is never used"
+
+
+# --- Azure Managed Redis for callers' limits ----------------------------------------------------
+
+REDIS = MODULES / "redis.bicep"
+
+
+def test_redis_is_optional_entra_only_tls_and_the_app_identity_has_its_access_policy() -> None:
+    main = parse(MAIN)
+    assert _param(MAIN, "enableRedis")["default"] is False
+    module = main["modules"]["redis"]
+    assert condition(module) == "enableRedis"
+    assert property_path(body(module)["params"]["identityPrincipalId"]) == "identity.properties.principalId"
+    tree = parse(REDIS)
+    cluster = only(tree, "Microsoft.Cache/redisEnterprise")
+    assert cluster["properties"]["minimumTlsVersion"] == "1.2"
+    database = only(tree, "Microsoft.Cache/redisEnterprise/databases")["properties"]
+    assert database["accessKeysAuthentication"] == "Disabled"
+    assert database["clientProtocol"] == "Encrypted"
+    assert database["port"] == 10000
+    # redis-py's non-cluster client, as shared.limits.RedisStore uses it, needs one endpoint.
+    assert database["clusteringPolicy"] == "EnterpriseCluster"
+    policy = only(tree, "Microsoft.Cache/redisEnterprise/databases/accessPolicyAssignments")["properties"]
+    assert policy == {"accessPolicyName": "default", "user": {"objectId": "identityPrincipalId"}}
+
+
+@pytest.mark.parametrize("vnet_enabled", [False, True])
+def test_redis_gets_a_private_endpoint_and_no_public_access_with_the_network_option(vnet_enabled) -> None:
+    tree = parse(REDIS)
+    cluster = only(tree, "Microsoft.Cache/redisEnterprise")
+    assert evaluate(cluster["properties"]["publicNetworkAccess"], {"vnetEnabled": vnet_enabled}, tree) == (
+        "Disabled" if vnet_enabled else "Enabled"
+    )
+    endpoint = resources(tree, "Microsoft.Network/privateEndpoints")["privateEndpoint"]
+    assert condition(endpoint) == "vnetEnabled"
+    connection = body(endpoint)["properties"]["privateLinkServiceConnections"][0]["properties"]
+    assert connection["groupIds"] == ["redisEnterprise"]
+    zone = resources(tree, "Microsoft.Network/privateDnsZones")["dnsZone"]
+    assert body(zone)["name"] == "privatelink.redis.azure.net"
+
+
+def test_the_redis_url_output_is_what_the_gateway_configuration_takes() -> None:
+    from shared.callers import StoreSettings
+
+    output = parse(REDIS)["outputs"]["redisUrl"]["value"]
+    assert output == "rediss://${redis.properties.hostName}:10000"
+    url = output.replace("${redis.properties.hostName}", "gw.westeurope.redis.azure.net")
+    StoreSettings(type="redis", url=url, auth={"type": "entra"})  # accepted by the gateway
+    assert "REDIS_URL" in parse(MAIN)["outputs"] and "REDIS_URL" in parse(SUB)["outputs"]

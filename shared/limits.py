@@ -1,0 +1,428 @@
+"""Limits per caller (`callers.limits`): requests and tokens per minute, tokens per day.
+
+Each limit is a GCRA bucket (the generic cell rate algorithm, a token bucket kept as one
+timestamp): a caller may spend its whole minute at once, then it refills continuously at
+limit/period. Unlike fixed windows there is no boundary where twice the limit passes in a
+moment. A bucket is its "theoretical arrival time" (TAT): now + the time the caller's debt takes
+to drain; a request costing `c` of a limit `L` per period `P` is admitted if
+`max(TAT, now) + c·P/L - now <= P`.
+
+Admission checks every bucket of the caller and takes from all of them or none, in one step of
+the store (one Redis round trip: a Lua script). Tokens are reserved from an estimate of the
+prompt (the request body's length / 4) and settled when the request ends with the endpoint's
+reported usage; `/score` endpoints report none, so their answer's length / 4 stands in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .callers import Caller, LimitsSettings, LimitValues, StoreSettings
+from .errors import CallerLimitError, GatewayError, LimitStoreUnavailableError
+from .logs import get_logger
+from .observe import Exchange, Observer
+
+log = get_logger("gateway.limits")
+
+MINUTE_MS = 60_000
+DAY_MS = 86_400_000
+#: What every answer of a limited caller carries (OpenAI's names).
+RATE_LIMIT_HEADERS = tuple(
+    f"x-ratelimit-{what}-{kind}"
+    for kind in ("requests", "tokens")
+    for what in ("limit", "remaining", "reset")
+)
+#: Characters per token of the estimates (prompt before the call, `/score` answers after).
+CHARS_PER_TOKEN = 4
+
+
+def estimate_tokens(chars: int) -> int:
+    return max(1, math.ceil(chars / CHARS_PER_TOKEN))
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    name: str  # "requests", "tokens", "tokens_day"
+    period_ms: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    admitted: bool
+    #: Per bucket: the debt (ms until the bucket is full again) before this request ...
+    debts_before_ms: list[float]
+    #: ... and with it (over the period: this bucket refuses it).
+    debts_after_ms: list[float]
+
+
+class Store(Protocol):
+    async def admit(self, keys: list[str], buckets: list[Bucket], costs: list[int]) -> Decision: ...
+
+    async def settle(self, keys: list[str], buckets: list[Bucket], deltas: list[int]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryStore:
+    """The buckets of this process only (the local server, one instance, tests)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._tats: dict[str, float] = {}
+        self._admissions = 0
+
+    def _now_ms(self) -> float:
+        return self._clock() * 1000
+
+    async def admit(self, keys: list[str], buckets: list[Bucket], costs: list[int]) -> Decision:
+        now = self._now_ms()
+        self._admissions += 1
+        if self._admissions % 1024 == 0:
+            self._tats = {k: tat for k, tat in self._tats.items() if tat > now}
+        before = [max(self._tats.get(key, now), now) for key in keys]
+        after = [
+            tat + cost * b.period_ms / b.limit for tat, b, cost in zip(before, buckets, costs, strict=True)
+        ]
+        admitted = all(tat - now <= b.period_ms for tat, b in zip(after, buckets, strict=True))
+        if admitted:
+            self._tats.update(zip(keys, after, strict=True))
+        return Decision(admitted, [t - now for t in before], [t - now for t in after])
+
+    async def settle(self, keys: list[str], buckets: list[Bucket], deltas: list[int]) -> None:
+        now = self._now_ms()
+        for key, bucket, delta in zip(keys, buckets, deltas, strict=True):
+            tat = max(self._tats.get(key, now), now) + delta * bucket.period_ms / bucket.limit
+            if tat > now:
+                self._tats[key] = tat
+            else:
+                self._tats.pop(key, None)
+
+    async def aclose(self) -> None:
+        pass
+
+
+# The store's own clock (TIME), so every instance agrees; keys expire once their bucket is full.
+_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local ok = 1
+local before, after = {}, {}
+for i = 1, #KEYS do
+  local period, limit, cost = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  before[i] = tat
+  after[i] = tat + cost * period / limit
+  if after[i] - now > period then ok = 0 end
+end
+local out = {ok}
+for i = 1, #KEYS do
+  if ok == 1 then
+    redis.call('SET', KEYS[i], string.format('%.3f', after[i]), 'PX', math.ceil(after[i] - now) + 1)
+  end
+  out[#out + 1] = string.format('%.3f', before[i] - now)
+  out[#out + 1] = string.format('%.3f', after[i] - now)
+end
+return out
+"""
+
+_SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+for i = 1, #KEYS do
+  local period, limit, delta = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  tat = tat + delta * period / limit
+  if tat > now then
+    redis.call('SET', KEYS[i], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1)
+  else
+    redis.call('DEL', KEYS[i])
+  end
+end
+return 1
+"""
+
+
+class RedisStore:
+    """Buckets shared by every instance, in Redis: one connection pool per process, one round
+    trip per admission (EVALSHA of a Lua script)."""
+
+    def __init__(self, settings: StoreSettings, environ: Mapping[str, str] = os.environ) -> None:
+        import redis.asyncio as redis  # only a redis store pays for the import
+
+        options: dict[str, Any] = {
+            "socket_timeout": settings.timeout_s,
+            "socket_connect_timeout": settings.timeout_s,
+            "max_connections": 256,
+            "retry_on_timeout": False,
+        }
+        auth = settings.auth
+        if auth.type == "env" and auth.variable is not None:
+            options["password"] = environ.get(auth.variable)
+        elif auth.type == "entra":
+            options["credential_provider"] = _entra_credential_provider()
+        self._client = redis.Redis.from_url(settings.url or "", **options)
+        self._admit = self._client.register_script(_ADMIT)
+        self._settle = self._client.register_script(_SETTLE)
+
+    async def admit(self, keys: list[str], buckets: list[Bucket], costs: list[int]) -> Decision:
+        args: list[int] = []
+        for bucket, cost in zip(buckets, costs, strict=True):
+            args += (bucket.period_ms, bucket.limit, cost)
+        out = await self._admit(keys=keys, args=args)
+        numbers = [float(x) for x in out[1:]]
+        return Decision(int(out[0]) == 1, numbers[0::2], numbers[1::2])
+
+    async def settle(self, keys: list[str], buckets: list[Bucket], deltas: list[int]) -> None:
+        args: list[int] = []
+        for bucket, delta in zip(buckets, deltas, strict=True):
+            args += (bucket.period_ms, bucket.limit, delta)
+        await self._settle(keys=keys, args=args)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _entra_credential_provider() -> Any:
+    """Azure Managed Redis with Microsoft Entra authentication: tokens for the app's managed
+    identity (or the developer's Azure CLI sign-in locally), refreshed before they expire."""
+    from redis_entraid.cred_provider import create_from_default_azure_credential
+
+    return create_from_default_azure_credential(("https://redis.azure.com/.default",))
+
+
+@dataclass(slots=True)
+class Admission:
+    """One request's place in its caller's buckets: the headers its answer carries, and the
+    tokens reserved until it is settled."""
+
+    headers: dict[str, str]
+    reserved: int
+    keys: list[str] = field(default_factory=list)
+    buckets: list[Bucket] = field(default_factory=list)
+    #: What was taken from each bucket (a request larger than a bucket takes all of it).
+    costs: list[int] = field(default_factory=list)
+    settled: bool = False
+
+
+class CallerLimits:
+    """`callers.limits` of one process, over its store."""
+
+    def __init__(
+        self, settings: LimitsSettings, store: Store, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._clock = clock
+        self._down_until = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: Admissions served without the store (`on_store_error: allow`), for operators.
+        self.store_errors = 0
+        self.observer = _Settler(self)
+        self._buckets: dict[frozenset[str], list[Bucket]] = {}
+
+    @classmethod
+    def create(cls, settings: LimitsSettings, environ: Mapping[str, str] = os.environ) -> CallerLimits:
+        store: Store = (
+            MemoryStore() if settings.store.type == "memory" else RedisStore(settings.store, environ)
+        )
+        return cls(settings, store)
+
+    def buckets(self, caller: Caller) -> list[Bucket]:
+        # Only the roles `by_role` names matter: a handful of combinations, each computed once.
+        roles = frozenset(caller.roles & self._settings.by_role.keys())
+        buckets = self._buckets.get(roles)
+        if buckets is None:
+            buckets = self._buckets[roles] = self._buckets_for(roles)
+        return buckets
+
+    def _buckets_for(self, roles: frozenset[str]) -> list[Bucket]:
+        values = _values_for(self._settings, roles)
+        buckets = []
+        if values.requests_per_minute:
+            buckets.append(Bucket("requests", MINUTE_MS, values.requests_per_minute))
+        if values.tokens_per_minute:
+            buckets.append(Bucket("tokens", MINUTE_MS, values.tokens_per_minute))
+        if values.tokens_per_day:
+            buckets.append(Bucket("tokens_day", DAY_MS, values.tokens_per_day))
+        return buckets
+
+    async def admit(self, caller: Caller, prompt_tokens: int) -> Admission:
+        """Take one request and `prompt_tokens` from each of the caller's buckets, or refuse
+        with 429 (`CallerLimitError`). The admission goes on `caller` for the observer that
+        settles it."""
+        buckets = self.buckets(caller)
+        if not buckets:
+            return Admission({}, 0, settled=True)
+        # A hash tag keeps a caller's keys in one slot of a Redis cluster (one script, many keys).
+        tag = caller.id.replace("{", "(").replace("}", ")")
+        keys = [f"gateway:limits:{{{tag}}}:{b.name}" for b in buckets]
+        costs = [1 if b.name == "requests" else min(prompt_tokens, b.limit) for b in buckets]
+        decision = await self._decide(keys, buckets, costs)
+        if decision is None:
+            return Admission({}, 0, settled=True)
+        debts = decision.debts_after_ms if decision.admitted else decision.debts_before_ms
+        headers = _headers(buckets, debts)
+        if not decision.admitted:
+            refusing = [
+                (after - b.period_ms, b)
+                for b, after in zip(buckets, decision.debts_after_ms, strict=True)
+                if after > b.period_ms
+            ]
+            wait_ms, bucket = max(refusing, key=lambda item: item[0])
+            raise _over_limit(bucket, wait_ms, headers)
+        admission = Admission(headers, prompt_tokens, keys, buckets, costs)
+        caller.admission = admission
+        return admission
+
+    async def _decide(self, keys: list[str], buckets: list[Bucket], costs: list[int]) -> Decision | None:
+        """The store's decision; None when it is down and `on_store_error` is `allow`."""
+        if self._clock() >= self._down_until:
+            try:
+                # asyncio.timeout, not wait_for: no task per admission.
+                async with asyncio.timeout(self._settings.store.timeout_s):
+                    return await self._store.admit(keys, buckets, costs)
+            except Exception as exc:  # redis' errors, a timeout, a refused connection
+                self._down_until = self._clock() + self._settings.store.retry_s
+                log.error(
+                    "the limits' store failed (%s); for %g s requests are %s without limits",
+                    type(exc).__name__,
+                    self._settings.store.retry_s,
+                    "served" if self._settings.on_store_error == "allow" else "refused",
+                )
+        if self._settings.on_store_error == "deny":
+            raise LimitStoreUnavailableError(
+                "The gateway cannot check callers' limits right now (its store is unreachable); retry shortly.",
+                headers={"Retry-After": str(max(1, math.ceil(self._settings.store.retry_s)))},
+            )
+        self.store_errors += 1
+        return None
+
+    def settle(self, admission: Admission, used_tokens: int) -> None:
+        """Replace the reservation with what the request used (once)."""
+        if admission.settled:
+            return
+        admission.settled = True
+        tokens = [
+            (key, bucket, used_tokens - cost)
+            for key, bucket, cost in zip(admission.keys, admission.buckets, admission.costs, strict=True)
+            if bucket.name != "requests" and used_tokens != cost
+        ]
+        if not tokens:
+            return
+        keys, buckets, deltas = [t[0] for t in tokens], [t[1] for t in tokens], [t[2] for t in tokens]
+        task = asyncio.get_running_loop().create_task(self._settle(keys, buckets, deltas))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _settle(self, keys: list[str], buckets: list[Bucket], deltas: list[int]) -> None:
+        try:
+            async with asyncio.timeout(self._settings.store.timeout_s):
+                await self._store.settle(keys, buckets, deltas)
+        except Exception as exc:
+            log.warning("the limits' store failed to settle a request's tokens (%s)", type(exc).__name__)
+
+    async def aclose(self) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self._settings.store.timeout_s)
+        await self._store.aclose()
+
+
+class _Settler(Observer):
+    """Settles each request's token reservation when it ends."""
+
+    def __init__(self, limits: CallerLimits) -> None:
+        self._limits = limits
+
+    def request_ended(self, exchange: Exchange, error: BaseException | None) -> None:
+        caller = exchange.caller
+        admission = caller.admission if caller is not None else None
+        if isinstance(admission, Admission) and not admission.settled:
+            self._limits.settle(admission, used_tokens(exchange, admission, error))
+
+
+def used_tokens(exchange: Exchange, admission: Admission, error: BaseException | None) -> int:
+    """The endpoint's reported total; its estimate when it reports none (`/score`); nothing for
+    a request that failed before any endpoint answered; else the reservation stands."""
+    usage = exchange.usage
+    if usage is not None:
+        total = usage.get("total_tokens")
+        if isinstance(total, int):
+            return total
+        parts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
+        if all(isinstance(p, int) for p in parts):
+            return sum(parts)  # type: ignore[arg-type]
+    if exchange.answer_chars is not None:
+        return admission.reserved + estimate_tokens(exchange.answer_chars)
+    if error is not None and exchange.endpoint is None:
+        return 0
+    return admission.reserved
+
+
+def _values_for(settings: LimitsSettings, roles: frozenset[str]) -> LimitValues:
+    """The caller's limits: `by_role`'s for a role it holds (the largest of several), else the
+    defaults, field by field."""
+    overrides = [settings.by_role[role] for role in roles & settings.by_role.keys()]
+    values: dict[str, int | None] = {}
+    for name in LimitValues.model_fields:
+        given = [v for v in (getattr(o, name) for o in overrides) if v is not None]
+        values[name] = max(given) if given else getattr(settings, name)
+    return LimitValues(**values)
+
+
+def _headers(buckets: list[Bucket], debts_ms: list[float]) -> dict[str, str]:
+    """OpenAI's `x-ratelimit-*` headers: requests per minute, and tokens per minute (per day
+    when there is no per-minute token limit)."""
+    headers: dict[str, str] = {}
+    seen: set[str] = set()
+    for bucket, debt in zip(buckets, debts_ms, strict=True):
+        kind = "requests" if bucket.name == "requests" else "tokens"
+        if kind in seen:
+            continue
+        seen.add(kind)
+        per_unit = bucket.period_ms / bucket.limit
+        remaining = max(0, math.floor((bucket.period_ms - debt) / per_unit))
+        headers[f"x-ratelimit-limit-{kind}"] = str(bucket.limit)
+        headers[f"x-ratelimit-remaining-{kind}"] = str(min(remaining, bucket.limit))
+        headers[f"x-ratelimit-reset-{kind}"] = duration(max(0.0, debt))
+    return headers
+
+
+def duration(ms: float) -> str:
+    """A wait as OpenAI writes it: `20ms`, `1.5s`, `6m0s`, `1h2m3s`."""
+    if ms < 1000:
+        return f"{math.ceil(ms)}ms"
+    seconds = ms / 1000
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    text = f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    if hours or minutes:
+        text = f"{int(minutes)}m" + text
+    if hours:
+        text = f"{int(hours)}h" + text
+    return text
+
+
+def _over_limit(bucket: Bucket, wait_ms: float, headers: dict[str, str]) -> GatewayError:
+    retry_after = max(1, math.ceil(wait_ms / 1000))
+    what = {
+        "requests": f"{bucket.limit} requests per minute",
+        "tokens": f"{bucket.limit} tokens per minute",
+        "tokens_day": f"{bucket.limit} tokens per day",
+    }[bucket.name]
+    error = CallerLimitError(
+        f"You are over your limit of {what} on this gateway; retry in {retry_after} s.",
+        code="insufficient_quota" if bucket.name == "tokens_day" else "rate_limit_exceeded",
+        headers={**headers, "Retry-After": str(retry_after)},
+    )
+    if bucket.name == "tokens_day":
+        error.type = "insufficient_quota"
+    return error

@@ -1,0 +1,280 @@
+"""`callers.limits`: requests and tokens per caller, in this process (memory) and across
+gateways sharing one real `redis-server`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from shared.asgi import server_command
+from shared.callers import Caller, LimitsSettings
+from shared.errors import CallerLimitError
+from shared.limits import RATE_LIMIT_HEADERS, CallerLimits, MemoryStore, duration, estimate_tokens
+
+from .client import assert_openai_error, post, stream
+from .conftest import emulator_config
+from .redis_server import RedisServer, free_port
+from .test_local_server import wait_until_serving
+
+
+def limited(url: str, **limits: Any) -> dict[str, Any]:
+    return emulator_config(url, callers={"limits": limits})
+
+
+def remaining(reply, kind: str) -> int:
+    return int(reply.headers[f"x-ratelimit-remaining-{kind}"])
+
+
+async def test_requests_per_minute_429_with_retry_after_and_headers_on_every_answer(emulator, start_gateway):
+    url = start_gateway(limited(emulator[1], requests_per_minute=3, tokens_per_minute=100000))
+    replies = [await post(url) for _ in range(4)]
+    assert [r.status for r in replies] == [200, 200, 200, 429]
+    for reply in replies:
+        assert set(RATE_LIMIT_HEADERS) <= set(reply.headers), reply.headers
+        assert reply.headers["x-ratelimit-limit-requests"] == "3"
+    assert [remaining(r, "requests") for r in replies[:3]] == [2, 1, 0]
+    error = assert_openai_error(replies[3], 429, "3 requests per minute")
+    assert error["code"] == "rate_limit_exceeded"
+    # One request comes back every 20 s.
+    assert 1 <= int(replies[3].headers["Retry-After"]) <= 20
+
+
+async def test_a_caller_refused_before_any_endpoint_keeps_its_tokens(emulator, start_gateway):
+    url = start_gateway(limited(emulator[1], tokens_per_day=1_000_000))
+    first = await post(url, {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]})
+    assert first.status == 404
+    assert first.headers["x-ratelimit-limit-tokens"] == "1000000"
+    second = await post(url, {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]})
+    # The first reservation was given back: the second reserves from a full bucket again.
+    assert remaining(second, "tokens") == remaining(first, "tokens")
+
+
+async def test_token_limits_settle_with_the_endpoints_usage_streams_included(emulator, start_gateway):
+    """tokens_per_day refills ~0.01 token a second: what the headers say is what was spent."""
+    limit = 1_000_000
+    url = start_gateway(limited(emulator[1], tokens_per_day=limit))
+    body = {"model": "mistral-large", "messages": [{"role": "user", "content": "Count the tokens, please"}]}
+    first = await post(url, body)
+    assert first.status == 200
+    used = first.json()["usage"]["total_tokens"]
+    streamed = await stream(url, body)  # the caller asks for no usage: the gateway still settles with it
+    assert streamed.status == 200
+    assert '"usage"' not in streamed.text
+    estimate = estimate_tokens(len(_json(body)))
+    estimate_streamed = estimate_tokens(len(_json({**body, "stream": True})))
+    assert remaining(first, "tokens") in range(limit - estimate - 1, limit - estimate + 1)
+    # The second answer's headers: the first request settled (its usage), the second reserved.
+    assert remaining(streamed, "tokens") in range(
+        limit - used - estimate_streamed - 1, limit - used - estimate_streamed + 1
+    )
+    third = await post(url, body)
+    assert remaining(third, "tokens") in range(
+        limit - 2 * used - estimate - 1, limit - 2 * used - estimate + 1
+    )
+
+
+async def test_score_endpoints_are_settled_with_an_estimate_of_their_answer(emulator, start_gateway):
+    limit = 1_000_000
+    url = start_gateway(limited(emulator[1], tokens_per_day=limit))
+    body = {"model": "llama-chat", "messages": [{"role": "user", "content": "hello"}]}
+    first = await post(url, body)
+    assert first.status == 200
+    assert first.json().get("usage") is None  # /score reports none
+    second = await post(url, body)
+    spent = remaining(first, "tokens") - remaining(second, "tokens")
+    answer_tokens = estimate_tokens(len(_json([first.json()["choices"][0]["message"]])))
+    # The second reservation (the prompt again) plus the first answer's estimate.
+    assert abs(spent - (answer_tokens + estimate_tokens(len(_json(body))))) <= 2
+
+
+async def test_tokens_per_day_over_is_insufficient_quota(emulator, start_gateway):
+    url = start_gateway(limited(emulator[1], tokens_per_day=40))
+    body = {"model": "mistral-large", "messages": [{"role": "user", "content": "x" * 200}]}
+    replies = [await post(url, body) for _ in range(3)]
+    refused = [r for r in replies if r.status == 429]
+    assert refused, [r.status for r in replies]
+    error = assert_openai_error(refused[0], 429, "40 tokens per day")
+    assert (error["code"], error["type"]) == ("insufficient_quota", "insufficient_quota")
+
+
+async def test_by_role_raises_a_callers_limits():
+    settings = LimitsSettings(
+        requests_per_minute=1,
+        by_role={"Chat.Premium": {"requests_per_minute": 5}, "Other": {"tokens_per_day": 9}},
+    )
+    limits = CallerLimits(settings, MemoryStore())
+    [bucket] = limits.buckets(Caller("a", frozenset({"Chat.Premium"})))
+    assert bucket.limit == 5
+    assert [b.limit for b in limits.buckets(Caller("b"))] == [1]
+    assert [b.limit for b in limits.buckets(Caller("c", frozenset({"Other"})))] == [1, 9]
+
+
+async def test_no_window_boundary_lets_twice_the_limit_through():
+    """A fixed window would let 60 through at 59.9 s and 60 more at 60.1 s. GCRA lets a whole
+    minute's worth through at once, then one a second: the minute's boundary changes nothing."""
+    now = [59.9]
+    limits = CallerLimits(LimitsSettings(requests_per_minute=60), MemoryStore(lambda: now[0]))
+    caller = Caller("boundary")
+
+    async def admitted(count: int) -> int:
+        passed = 0
+        for _ in range(count):
+            try:
+                await limits.admit(caller, 1)
+                passed += 1
+            except CallerLimitError:
+                pass
+        return passed
+
+    assert await admitted(100) == 60
+    now[0] = 60.1
+    assert await admitted(100) == 0
+    now[0] = 61.2
+    assert await admitted(100) == 1
+    now[0] = 91.2
+    assert await admitted(100) == 30
+
+
+def test_reset_durations_read_like_openais():
+    assert [duration(x) for x in (20, 1500, 360_000, 3_723_000)] == ["20ms", "1.5s", "6m0s", "1h2m3s"]
+
+
+async def test_the_openai_client_reads_the_limit_headers(emulator, start_gateway, servers):
+    url = start_gateway(limited(emulator[1], requests_per_minute=5, tokens_per_minute=50000))
+
+    def call() -> Any:
+        client = openai.OpenAI(base_url=f"{url}/api/v1", api_key="unused", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="mistral-large", messages=[{"role": "user", "content": "hi"}]
+        )
+        return raw.headers
+
+    headers = await asyncio.to_thread(call)
+    assert headers["x-ratelimit-limit-requests"] == "5"
+    assert headers["x-ratelimit-remaining-requests"] == "4"
+    assert headers["x-ratelimit-limit-tokens"] == "50000"
+    assert int(headers["x-ratelimit-remaining-tokens"]) < 50000
+    assert headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+# --- Redis: one store for every gateway ---------------------------------------------------
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def redis_limits(redis_url: str, **limits: Any) -> dict[str, Any]:
+    return {"store": {"type": "redis", "url": redis_url, "timeout_s": 0.5, "retry_s": 0.3}, **limits}
+
+
+@pytest.fixture
+def gateway_processes(emulator, canary_key, redis_server) -> Iterator[list[str]]:
+    """Two gateway processes, each started as `make dev` starts it, sharing one Redis."""
+    limits = redis_limits(redis_server.url, requests_per_minute=10)
+    env = {
+        **os.environ,
+        "GATEWAY_CONFIG": json.dumps(emulator_config(emulator[1], callers={"limits": limits})),
+        "EMULATOR_KEY": canary_key,
+    }
+    processes, urls = [], []
+    try:
+        for _ in range(2):
+            port = free_port()
+            process = subprocess.Popen(
+                server_command(port, "--log-level", "warning"),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            processes.append(process)
+            wait_until_serving(process, port)
+            urls.append(f"http://127.0.0.1:{port}")
+        yield urls
+    finally:
+        for process in processes:
+            process.terminate()
+            process.communicate(timeout=10)
+
+
+async def test_two_gateway_processes_sharing_redis_let_exactly_the_limit_through(
+    gateway_processes, redis_server
+):
+    # In turn, so that each process answers every other request: 5 each, then both refuse.
+    replies = [await post(gateway_processes[i % 2]) for i in range(30)]
+    statuses = [r.status for r in replies]
+    assert statuses.count(200) == 10, statuses
+    assert statuses.count(429) == 20, statuses
+    assert statuses[:10] == [200] * 10, statuses
+    assert all(r.headers.get("Retry-After", "").isdigit() for r in replies if r.status == 429)
+    # Concurrently, from a fresh start: still exactly the limit.
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    await client.flushall()
+    await client.aclose()
+    burst = await asyncio.gather(*(post(gateway_processes[i % 2]) for i in range(30)))
+    statuses = [r.status for r in burst]
+    assert (statuses.count(200), statuses.count(429)) == (10, 20), statuses
+
+
+async def test_redis_token_limits_settle_with_usage(emulator, start_gateway, redis_server):
+    limit = 1_000_000
+    config = emulator_config(
+        emulator[1], callers={"limits": redis_limits(redis_server.url, tokens_per_day=limit)}
+    )
+    first_gateway, second_gateway = start_gateway(config), start_gateway(config)
+    body = {"model": "mistral-large", "messages": [{"role": "user", "content": "Count the tokens, please"}]}
+    first = await post(first_gateway, body)
+    used = first.json()["usage"]["total_tokens"]
+    await asyncio.sleep(0.1)  # the settlement is sent after the answer
+    second = await post(second_gateway, body)
+    estimate = estimate_tokens(len(_json(body)))
+    assert abs(remaining(second, "tokens") - (limit - used - estimate)) <= 1
+
+
+@pytest.mark.parametrize("on_store_error", ["allow", "deny"])
+async def test_redis_down_then_back(emulator, start_gateway, redis_server, on_store_error, caplog):
+    config = emulator_config(
+        emulator[1],
+        callers={
+            "limits": redis_limits(redis_server.url, requests_per_minute=2, on_store_error=on_store_error)
+        },
+    )
+    url = start_gateway(config)
+    assert [(await post(url)).status for _ in range(3)] == [200, 200, 429]
+    redis_server.stop()
+    caplog.set_level(logging.ERROR, logger="gateway.limits")
+    down = [await post(url) for _ in range(3)]
+    if on_store_error == "allow":
+        assert [r.status for r in down] == [200, 200, 200]
+        assert "x-ratelimit-limit-requests" not in down[0].headers
+    else:
+        error = assert_openai_error(down[0], 503, "limits")
+        assert error["code"] == "limit_store_unavailable"
+        assert all(r.status == 503 for r in down)
+    assert any("limits' store failed" in r.getMessage() for r in caplog.records)
+    redis_server.start()  # same port, empty: limits count from zero again
+    await asyncio.sleep(0.35)  # the circuit's retry_s
+    assert [(await post(url)).status for _ in range(3)] == [200, 200, 429]
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def test_estimates_are_a_quarter_of_the_characters():
+    assert estimate_tokens(8) == 2 and estimate_tokens(9) == math.ceil(9 / 4) and estimate_tokens(0) == 1
