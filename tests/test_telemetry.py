@@ -273,7 +273,9 @@ def test_on_the_probe_sees_the_sdk(import_line):
 
 KIND_PROBE = """
 {import_line}
-print(api.gateway._observer._server_kind.name)
+from shared.otel import TelemetryObserver
+observers = api.gateway._observer._observers  # the gateway wraps its observers in Observers
+print(next(o for o in observers if isinstance(o, TelemetryObserver))._server_kind.name)
 """
 
 
