@@ -191,10 +191,10 @@ def field_message(error: ErrorDetails) -> str:
     return error["msg"].removeprefix("Value error, ")
 
 
-def chat_completion(result: ChatResult, *, model: str) -> dict[str, Any]:
+def chat_completion(result: ChatResult, *, model: str, id: str | None = None) -> dict[str, Any]:
     """The normalized OpenAI `chat.completion` object for an endpoint's answer."""
     completion: dict[str, Any] = {
-        "id": completion_id(),
+        "id": id or completion_id(),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,

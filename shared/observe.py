@@ -46,6 +46,8 @@ class Exchange:
     state: dict[str, Any] = field(default_factory=dict)
     #: The validated request (a `ChatRequest`: its parameters, its messages), if any.
     request: Any = None
+    #: The id the caller gets (`chatcmpl-…`, `resp_…`): made when the request starts.
+    response_id: str | None = None
     #: What broke a stream after its first event (the caller got it as an error event, so
     #: `request_ended` is told of no error).
     error: BaseException | None = None

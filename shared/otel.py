@@ -259,6 +259,11 @@ class TelemetryObserver(Observer):
                 if count is not None:
                     self._token_usage.record(count, {**endpoint.attributes, "gen_ai.token.type": token_type})
         span = tracked.span
+        if exchange.response_id and error is None:
+            # The id the caller got: an operator searches by what a user reports.
+            span.set_attribute("gen_ai.response.id", exchange.response_id)
+            if answered is not None:
+                answered.set_attribute("gen_ai.response.id", exchange.response_id)
         if exchange.endpoint:
             span.set_attribute("gateway.endpoint", exchange.endpoint)
             endpoint_model = self._endpoints.get(exchange.endpoint)

@@ -238,7 +238,7 @@ async def _events(
     async for keepalive in pacing.keepalives_until(opened):
         yield keepalive
     endpoint, upstream = opened.result()
-    ids = ChunkIds(endpoint.name)
+    ids = ChunkIds(endpoint.name, exchange.response_id) if exchange.response_id else ChunkIds(endpoint.name)
     if "text/event-stream" in upstream.content_type:
         async for events in _relayed(
             endpoint, upstream, ids, exchange, include_usage, pacing, writer, max_event_bytes

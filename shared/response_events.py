@@ -62,7 +62,7 @@ class ResponseEvents:
 
     def __init__(self, call: ResponsesCall) -> None:
         self._call = call
-        self._id = response_id()
+        self.id = response_id()
         self._created_at = int(time.time())
         self._model = call.chat.model or ""
         self._sequence = 0
@@ -238,7 +238,7 @@ class ResponseEvents:
             output=output,
             status=status,
             usage=response_usage(self._usage) if status != "in_progress" else None,
-            id=self._id,
+            id=self.id,
             created_at=self._created_at,
             **extra,
         )

@@ -476,7 +476,9 @@ def function_call_item(
     }
 
 
-def response_from_result(call: ResponsesCall, result: ChatResult, *, model: str) -> dict[str, Any]:
+def response_from_result(
+    call: ResponsesCall, result: ChatResult, *, model: str, id: str | None = None
+) -> dict[str, Any]:
     """The `response` object for an endpoint's whole answer (its first choice)."""
     choice = result.choices[0] if result.choices else ChatChoice({"role": "assistant", "content": ""})
     status, reason = status_of(choice.finish_reason)
@@ -506,6 +508,7 @@ def response_from_result(call: ResponsesCall, result: ChatResult, *, model: str)
         status=status,
         usage=response_usage(result.usage),
         incomplete_reason=reason,
+        id=id,
     )
 
 

@@ -14,6 +14,7 @@ from .config import EndpointConfig, GatewayConfig, load_config
 from .credentials import Credential, Credentials
 from .errors import GatewayError, ModelNotFoundError, ResponseFormatError, UpstreamError, UpstreamTimeoutError
 from .formatters import ChatResult
+from .ids import completion_id, response_id
 from .limits import CallerLimits
 from .logs import current_request_id, get_logger
 from .observe import NO_OBSERVER, Exchange, Observer, Observers
@@ -94,13 +95,13 @@ class Gateway:
 
     async def chat(self, request: ChatRequest, caller: Caller | None = None) -> dict[str, Any]:
         """The `chat.completion` for a validated request."""
-        answered_by, result = await self._complete(request, "chat", caller)
-        return chat_completion(result, model=answered_by.name)
+        answered_by, result, exchange = await self._complete(request, "chat", caller)
+        return chat_completion(result, model=answered_by.name, id=exchange.response_id)
 
     async def responses(self, call: ResponsesCall, caller: Caller | None = None) -> dict[str, Any]:
         """The `response` object for a validated Responses API request."""
-        answered_by, result = await self._complete(call.chat, "responses", caller)
-        return response_from_result(call, result, model=answered_by.name)
+        answered_by, result, exchange = await self._complete(call.chat, "responses", caller)
+        return response_from_result(call, result, model=answered_by.name, id=exchange.response_id)
 
     def chat_stream(self, request: ChatRequest, caller: Caller | None = None) -> AsyncIterator[bytes]:
         """The SSE events of a `"stream": true` request; failures before the first event raise,
@@ -113,7 +114,7 @@ class Gateway:
 
     async def _complete(
         self, request: ChatRequest, operation: str, caller: Caller | None
-    ) -> tuple[EndpointConfig, ChatResult]:
+    ) -> tuple[EndpointConfig, ChatResult, Exchange]:
         endpoint, exchange = self._start(request, operation, caller)
         error: BaseException | None = None
         try:
@@ -133,12 +134,13 @@ class Gateway:
             raise
         finally:
             self._observer.request_ended(exchange, error)
-        return answered_by, result
+        return answered_by, result, exchange
 
     async def _stream(
         self, request: ChatRequest, operation: str, writer: EventWriter, caller: Caller | None
     ) -> AsyncIterator[bytes]:
         endpoint, exchange = self._start(request, operation, caller)
+        exchange.response_id = getattr(writer, "id", None) or exchange.response_id
         settings = self.config.streaming
         pacing = Pacing(
             keepalive_s=settings.keepalive_s,
@@ -176,6 +178,7 @@ class Gateway:
         exchange = Exchange(
             operation, endpoint.name, request.stream, current_request_id(), caller=caller, request=request
         )
+        exchange.response_id = completion_id() if operation == "chat" else response_id()
         self._observer.request_started(exchange)
         return endpoint, exchange
 

@@ -110,6 +110,7 @@ async def test_a_completion_has_a_server_span_a_client_span_and_token_metrics(em
     assert server.attributes["gen_ai.usage.output_tokens"] == usage["completion_tokens"]
     assert server.attributes["http.response.status_code"] == 200
     assert server.attributes["gateway.request_id"] == reply.headers["x-request-id"]
+    assert server.attributes["gen_ai.response.id"] == reply.json()["id"]  # the id the caller got
     (client,) = recorded.clients()
     assert client.name == "chat mistral-large"
     assert client.parent.span_id == server.context.span_id
@@ -144,6 +145,8 @@ async def test_a_stream_records_time_to_first_chunk_and_usage(emulator, telemetr
     assert reply.status == 200
     server = recorded.server()
     assert server.attributes["gateway.stream"] is True
+    ids = {json.loads(line[6:])["id"] for line in reply.lines if line.startswith("data: {")}
+    assert ids == {server.attributes["gen_ai.response.id"]}
     assert server.attributes["gen_ai.response.time_to_first_chunk"] > 0
     assert server.attributes["gen_ai.usage.output_tokens"] > 0
     assert len(recorded.points("gen_ai.client.operation.time_to_first_chunk")) == 1
