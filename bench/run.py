@@ -415,6 +415,14 @@ def variant_rows(result: dict) -> list[str]:
         "| callers and groups | measured | goal |",
         "| --- | --- | --- |",
     ]
+    for name, label in (
+        ("entra_only", "entra alone"),
+        ("limits_memory_only", "limits alone, memory store"),
+    ):
+        rows.append(
+            f"| {label}: sequential overhead / floor's ({seq[name]['overhead_paired']} ms) "
+            f"| {ratios[f'sequential_overhead_{name}']} | — |"
+        )
     for name, label in (("callers_memory", "memory"), ("callers_redis", "redis")):
         if name not in seq:
             rows.append(
@@ -426,6 +434,11 @@ def variant_rows(result: dict) -> list[str]:
             f"({seq[name]['overhead_paired']} ms against {seq['floor']['overhead_paired']} ms; "
             f"the gateway without callers: {seq['gateway']['overhead_paired']} ms) "
             f"| {ratios[f'sequential_overhead_{name}']} | ≤ 1.5 |"
+        )
+    if ratios["redis_admission_ms"] is not None:
+        rows.append(
+            f"| a Redis admission as a caller sees it: entra + limits, redis − memory (ms) "
+            f"| {ratios['redis_admission_ms']} | — |"
         )
     rows.append(
         f"| group of two, sequential overhead / single endpoint's ({seq['group']['overhead_paired']} ms "
@@ -470,12 +483,15 @@ def main() -> None:
         slow_gateway = start_gateway(slow_emulator.url, cpu=1)
         servers.append(slow_gateway)
         tenant = LocalTenant()
+        # Each on its own, then both: where the cost of callers comes from.
         callers_gateways = {
+            "entra_only": start_gateway(emulator.url, cpu=1, callers={"auth": tenant.auth_config()}),
+            "limits_memory_only": start_gateway(emulator.url, cpu=1, callers={"limits": UNREACHED_LIMITS}),
             "callers_memory": start_gateway(
                 emulator.url, cpu=1, callers=callers_section(tenant, {"type": "memory"})
-            )
+            ),
         }
-        servers.append(callers_gateways["callers_memory"])
+        servers += callers_gateways.values()
         redis = start_redis(cpu=0)
         if redis is not None:
             servers.append(redis)
@@ -560,6 +576,11 @@ def main() -> None:
             )
             for name in variants
         },
+        "redis_admission_ms": (
+            round(seq["callers_redis"]["overhead_paired"] - seq["callers_memory"]["overhead_paired"], 3)
+            if "callers_redis" in seq
+            else None
+        ),
         "group_sequential_overhead_vs_single": round(
             seq["group"]["overhead_paired"] / seq["gateway"]["overhead_paired"], 2
         ),
