@@ -53,8 +53,9 @@ class Server:
     """A server process; stopped when the benchmark ends, whatever happens."""
 
     def __init__(
-        self, name: str, command: Sequence[str], port: int, health: str, env: dict[str, str]
+        self, name: str, command: Sequence[str], port: int, health: str | None, env: dict[str, str]
     ) -> None:
+        """Ready once `health` answers over HTTP (or, with no `health`, once the port accepts)."""
         self.name, self.port = name, port
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
@@ -68,7 +69,10 @@ class Server:
         deadline = time.monotonic() + 30
         while True:
             try:
-                urllib.request.urlopen(self.url + health, timeout=1).close()
+                if health is None:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                else:
+                    urllib.request.urlopen(self.url + health, timeout=1).close()
                 return
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
@@ -137,9 +141,39 @@ def start_floor(upstream: str, cpu: int | None = 1) -> Server:
     return Server("floor", command, port, "/api/health", {"EMULATOR_KEY": KEY})
 
 
-def gateway_config(upstream: str, shaped_upstream: str | None = None) -> dict[str, Any]:
-    """The emulator's two endpoints, and one serverless endpoint per path of `shaped_upstream`
-    (named for the path) when given."""
+def start_redis(cpu: int | None = 0) -> Server | None:
+    """A `redis-server` (Debian's) on 127.0.0.1 and a free port, nothing saved; None without the
+    binary."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    port = free_port()
+    command = [
+        *pin(cpu),
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    return Server("redis-server", command, port, None, {})
+
+
+#: A group of two endpoints on the same upstream (`serverless` and `serverless-b`), equal weights:
+#: what the group adds to a call is its member choice, compared with `serverless` alone.
+GROUP = "pair"
+
+
+def gateway_config(
+    upstream: str, shaped_upstream: str | None = None, callers: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The emulator's two endpoints, a second serverless one and the group `GROUP` of both
+    serverless ones, and one serverless endpoint per path of `shaped_upstream` (named for the
+    path) when given; `callers` is the configuration's `callers` section."""
     auth = {"type": "env", "variable": "EMULATOR_KEY"}
     shaped = [
         {
@@ -151,6 +185,14 @@ def gateway_config(upstream: str, shaped_upstream: str | None = None) -> dict[st
         }
         for shape in (UPSTREAM_PATHS if shaped_upstream else ())
     ]
+    serverless = {
+        "endpoint_url": f"{upstream}/v1/chat/completions",
+        "endpoint_api_type": "serverless",
+        "auth": auth,
+        "model_kwargs": {"temperature": 0.7},
+        # The benchmark measures the gateway, not its overload guard.
+        "max_concurrency": 4096,
+    }
     return {
         "default_model": "dedicated",
         "endpoints": [
@@ -163,17 +205,18 @@ def gateway_config(upstream: str, shaped_upstream: str | None = None) -> dict[st
                 # The benchmark measures the gateway, not its overload guard.
                 "max_concurrency": 4096,
             },
-            {
-                "name": "serverless",
-                "endpoint_url": f"{upstream}/v1/chat/completions",
-                "endpoint_api_type": "serverless",
-                "auth": auth,
-                "model_kwargs": {"temperature": 0.7},
-                # The benchmark measures the gateway, not its overload guard.
-                "max_concurrency": 4096,
-            },
+            {"name": "serverless", **serverless},
+            {"name": "serverless-b", **serverless},
             *shaped,
         ],
+        "groups": [
+            {
+                "name": GROUP,
+                "strategy": "weighted",
+                "members": [{"endpoint": "serverless"}, {"endpoint": "serverless-b"}],
+            }
+        ],
+        **({"callers": callers} if callers else {}),
     }
 
 
@@ -182,6 +225,7 @@ def start_gateway(
     cpu: int | None = 1,
     extra_env: dict[str, str] | None = None,
     shaped_upstream: str | None = None,
+    callers: dict[str, Any] | None = None,
 ) -> Server:
     port = free_port()
     command = [
@@ -199,7 +243,7 @@ def start_gateway(
     ]
     env = {
         "EMULATOR_KEY": KEY,
-        "GATEWAY_CONFIG": json.dumps(gateway_config(upstream, shaped_upstream)),
+        "GATEWAY_CONFIG": json.dumps(gateway_config(upstream, shaped_upstream, callers)),
         "GATEWAY_LOG_LEVEL": "WARNING",
         **(extra_env or {}),
     }
@@ -268,3 +312,55 @@ def write_results(name: str, result: dict[str, Any], table: str, *, update: bool
     (folder / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (folder / f"{name}.md").write_text(table)
     return folder
+
+
+class LocalTenant:
+    """A stand-in Entra tenant for `callers.auth.type: entra`: its OpenID configuration and key
+    set (the tests' RSA key, `tests/entra_issuer.py`) served on 127.0.0.1 from a thread of this
+    process, and one token signed with that key (valid for an hour). The gateway fetches the keys
+    once and checks the token on every request (a token seen before: its cached verdict)."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from tests.entra_issuer import AUDIENCE, TENANT, V2_ISSUER, Tenant
+
+        self._tenant = Tenant()
+        self.tenant_id, self.audience = TENANT, AUDIENCE
+        documents: dict[str, bytes] = {}
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+                body = documents.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        documents["/v2.0/.well-known/openid-configuration"] = json.dumps(
+            {"issuer": V2_ISSUER, "jwks_uri": f"{self.url}/discovery/v2.0/keys"}
+        ).encode()
+        documents["/discovery/v2.0/keys"] = json.dumps({"keys": [self._tenant.signing.jwk()]}).encode()
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.token = self._tenant.token()
+
+    def auth_config(self) -> dict[str, Any]:
+        return {
+            "type": "entra",
+            "tenant_id": self.tenant_id,
+            "audience": [self.audience],
+            "openid_config_url": f"{self.url}/v2.0/.well-known/openid-configuration",
+        }
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -13,7 +13,10 @@ directly, in the same run:
 - memory: RSS idle, peak under load, and with 1,000 open streams;
 - cold start: importing function_app (and what each dependency costs), and the time from
   starting the server to its first answered chat request;
-- Key Vault reads per 1,000 requests at concurrency 50 (bench/vault_reads.py).
+- Key Vault reads per 1,000 requests at concurrency 50 (bench/vault_reads.py);
+- the same gateway with callers on (`entra` auth against a stand-in tenant, limits in memory and
+  in a local redis-server) and a two-member `weighted` group: sequential overhead in the same
+  interleaved rounds, and the group's throughput against its single endpoint in alternating pairs.
 Writes benchmark.{json,md} and latency.png to bench/results/latest/ (ignored by git), or to
 bench/results/ with --update. bench/README.md explains the method and the figures.
 """
@@ -40,9 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import streaming, vault_reads  # noqa: E402
 from bench.common import (  # noqa: E402
+    GROUP,
     KEY,
     PYTHON,
     ROOT,
+    LocalTenant,
     Server,
     free_port,
     gateway_config,
@@ -54,6 +59,7 @@ from bench.common import (  # noqa: E402
     start_emulator,
     start_floor,
     start_gateway,
+    start_redis,
     start_shaped_upstream,
     summary,
 )
@@ -64,6 +70,10 @@ BODY = {"model": "serverless", "messages": [{"role": "user", "content": "Hello t
 CONCURRENCY = [1, 8, 32, 128, 256]
 #: The concurrencies the throughput targets are set at, measured again in alternating pairs.
 TARGET_CONCURRENCY = [32, 256]
+#: The group's throughput against its single endpoint, in alternating pairs.
+GROUP_CONCURRENCY = [32]
+#: Limits no request of the benchmark reaches: every bucket is checked, none refuses.
+UNREACHED_LIMITS = {"requests_per_minute": 10**9, "tokens_per_minute": 10**9, "tokens_per_day": 10**12}
 
 
 def targets(emulator: Server, floor: Server, gateway: Server) -> dict[str, tuple[str, dict, dict]]:
@@ -73,6 +83,23 @@ def targets(emulator: Server, floor: Server, gateway: Server) -> dict[str, tuple
         "floor": (f"{floor.url}/api/v1/chat/completions", BODY, {}),
         "gateway": (f"{gateway.url}/api/v1/chat/completions", BODY, {}),
     }
+
+
+def variant_targets(
+    gateway: Server, callers_gateways: dict[str, Server], token: str
+) -> dict[str, tuple[str, dict, dict]]:
+    """The group on the main gateway, and each gateway with callers on (the same token every time)."""
+    return {
+        "group": (f"{gateway.url}/api/v1/chat/completions", {**BODY, "model": GROUP}, {}),
+        **{
+            name: (f"{server.url}/api/v1/chat/completions", BODY, {"Authorization": f"Bearer {token}"})
+            for name, server in callers_gateways.items()
+        },
+    }
+
+
+def callers_section(tenant: LocalTenant, store: dict) -> dict:
+    return {"auth": tenant.auth_config(), "limits": {**UNREACHED_LIMITS, "store": store}}
 
 
 async def sequential(
@@ -96,7 +123,7 @@ async def sequential(
             for name, (url, body, headers) in order[index % len(order) :] + order[: index % len(order)]:
                 samples[name].append([await once(url, body, headers) for _ in range(per_round)])
     result = {name: summary([v for batch in rounds_ for v in batch]) for name, rounds_ in samples.items()}
-    for name in ("floor", "gateway"):
+    for name in (name for name in named if name != "direct"):
         result[name]["overhead_p50"] = round(result[name]["p50"] - result["direct"]["p50"], 3)
         result[name]["overhead_paired"] = paired_overhead(samples["direct"], samples[name])
     return result
@@ -162,20 +189,27 @@ def wrk(url: str, body: dict, headers: dict, connections: int, seconds: int, ser
 
 
 def paired_throughput(
-    named: dict[str, tuple[str, dict, dict]], server_of: dict[str, Server], seconds: int, pairs: int
+    named: dict[str, tuple[str, dict, dict]],
+    server_of: dict[str, Server],
+    seconds: int,
+    pairs: int,
+    base: str = "floor",
+    other: str = "gateway",
+    concurrency: list[int] = TARGET_CONCURRENCY,
 ) -> dict:
-    """Floor and gateway in alternating wrk runs at each target concurrency. The figure is the
-    median of the pairs' ratios: a slow spell of the machine hits both runs of a pair alike."""
+    """`base` and `other` (floor and gateway) in alternating wrk runs at each concurrency. The
+    figure is the median of the pairs' ratios other / base: a slow spell of the machine hits both
+    runs of a pair alike."""
     result = {}
-    for conns in TARGET_CONCURRENCY:
+    for conns in concurrency:
         runs = []
         for index in range(pairs):
-            order = ("floor", "gateway") if index % 2 == 0 else ("gateway", "floor")
+            order = (base, other) if index % 2 == 0 else (other, base)
             runs.append({name: wrk(*named[name], conns, seconds, server_of[name]) for name in order})
-        ratios = [run["gateway"]["rps"] / run["floor"]["rps"] for run in runs]
+        ratios = [run[other]["rps"] / run[base]["rps"] for run in runs]
         result[str(conns)] = {
-            "floor_rps": [run["floor"]["rps"] for run in runs],
-            "gateway_rps": [run["gateway"]["rps"] for run in runs],
+            f"{base}_rps": [run[base]["rps"] for run in runs],
+            f"{other}_rps": [run[other]["rps"] for run in runs],
             "errors": sum(run[name]["errors"] for run in runs for name in run),
             "ratios": [round(ratio, 3) for ratio in ratios],
             "ratio": round(statistics.median(ratios), 2),
@@ -368,8 +402,55 @@ def table(result: dict) -> str:
         ),
         f"| peak RSS under load | {ratios['peak_rss']} | ≤ 2 |",
         f"| cold import of function_app (s) | {result['cold_start']['imports']['function_app'] / 1000:.2f} | ≤ 1.5 |",
+        *variant_rows(result),
     ]
     return "\n".join(lines) + "\n"
+
+
+def variant_rows(result: dict) -> list[str]:
+    """The targets of callers (entra auth and limits) and of a two-member group."""
+    seq, ratios = result["sequential_ms"], result["ratios"]
+    rows = [
+        "",
+        "| callers and groups | measured | goal |",
+        "| --- | --- | --- |",
+    ]
+    for name, label in (
+        ("entra_only", "entra alone"),
+        ("limits_memory_only", "limits alone, memory store"),
+    ):
+        rows.append(
+            f"| {label}: sequential overhead / floor's ({seq[name]['overhead_paired']} ms) "
+            f"| {ratios[f'sequential_overhead_{name}']} | — |"
+        )
+    for name, label in (("callers_memory", "memory"), ("callers_redis", "redis")):
+        if name not in seq:
+            rows.append(
+                f"| entra + limits, {label} store: sequential overhead / floor's | {result['redis_store']} | ≤ 1.5 |"
+            )
+            continue
+        rows.append(
+            f"| entra + limits, {label} store: sequential overhead / floor's "
+            f"({seq[name]['overhead_paired']} ms against {seq['floor']['overhead_paired']} ms; "
+            f"the gateway without callers: {seq['gateway']['overhead_paired']} ms) "
+            f"| {ratios[f'sequential_overhead_{name}']} | ≤ 1.5 |"
+        )
+    if ratios["redis_admission_ms"] is not None:
+        rows.append(
+            f"| a Redis admission as a caller sees it: entra + limits, redis − memory (ms) "
+            f"| {ratios['redis_admission_ms']} | — |"
+        )
+    rows.append(
+        f"| group of two, sequential overhead / single endpoint's ({seq['group']['overhead_paired']} ms "
+        f"against {seq['gateway']['overhead_paired']} ms) | {ratios['group_sequential_overhead_vs_single']} | ≤ 1.1 |"
+    )
+    for conns, pair in result["group_throughput_paired"].items():
+        rows.append(
+            f"| group of two, throughput at {conns} / single endpoint's (median of {len(pair['ratios'])} "
+            f"alternating pairs: {', '.join(str(r) for r in pair['ratios'])}; {pair['errors']} errors) "
+            f"| {pair['ratio']} | ≥ 0.9 |"
+        )
+    return rows
 
 
 def main() -> None:
@@ -385,6 +466,7 @@ def main() -> None:
     shape_sampling = {"warmup": 10, "rounds": 4, "per_round": 10} if args.quick else {}
 
     servers: list[Server] = []
+    tenant: LocalTenant | None = None
     try:
         emulator = start_emulator(cpu=0)
         servers.append(emulator)
@@ -400,9 +482,30 @@ def main() -> None:
         servers += shape_floors.values()
         slow_gateway = start_gateway(slow_emulator.url, cpu=1)
         servers.append(slow_gateway)
+        tenant = LocalTenant()
+        # Each on its own, then both: where the cost of callers comes from.
+        callers_gateways = {
+            "entra_only": start_gateway(emulator.url, cpu=1, callers={"auth": tenant.auth_config()}),
+            "limits_memory_only": start_gateway(emulator.url, cpu=1, callers={"limits": UNREACHED_LIMITS}),
+            "callers_memory": start_gateway(
+                emulator.url, cpu=1, callers=callers_section(tenant, {"type": "memory"})
+            ),
+        }
+        servers += callers_gateways.values()
+        redis = start_redis(cpu=0)
+        if redis is not None:
+            servers.append(redis)
+            store = {"type": "redis", "url": f"redis://127.0.0.1:{redis.port}/0"}
+            callers_gateways["callers_redis"] = start_gateway(
+                emulator.url, cpu=1, callers=callers_section(tenant, store)
+            )
+            servers.append(callers_gateways["callers_redis"])
+        else:
+            print("bench: no redis-server (apt-get install redis-server): the Redis store's run is skipped")
         pin_self(0)
         named = targets(emulator, floor, gateway)
-        seq = asyncio.run(sequential(named, 30, rounds, 30))
+        variants = variant_targets(gateway, callers_gateways, tenant.token)
+        seq = asyncio.run(sequential({**named, **variants}, 30, rounds, 30))
         memory = {
             "floor": {"idle": round(floor.rss_mb(), 1)},
             "gateway": {"idle": round(gateway.rss_mb(), 1)},
@@ -417,6 +520,15 @@ def main() -> None:
                 level["server_rss_peak_mb"] for level in throughput[name].values()
             )
         paired = paired_throughput(named, server_of, seconds, pairs)
+        group_paired = paired_throughput(
+            {**named, **variants},
+            {**server_of, "group": gateway},
+            seconds,
+            pairs,
+            base="gateway",
+            other="group",
+            concurrency=GROUP_CONCURRENCY,
+        )
         stream = asyncio.run(stream_figures(emulator, floor, gateway))
         stream["shapes"] = asyncio.run(
             streaming.shape_figures(shaped, shape_floors, gateway, **shape_sampling)
@@ -427,6 +539,8 @@ def main() -> None:
     finally:
         for server in servers:
             server.stop()
+        if tenant is not None:
+            tenant.stop()
     cold = {"imports": import_costs(), "first_answer_ms": None}
     emulator = start_emulator(cpu=0)
     try:
@@ -440,6 +554,8 @@ def main() -> None:
         "sequential_ms": seq,
         "throughput": throughput,
         "throughput_paired": paired,
+        "group_throughput_paired": group_paired,
+        "redis_store": "measured" if "callers_redis" in seq else "skipped: no redis-server",
         "streaming": stream,
         "memory_mb": memory,
         "cold_start": cold,
@@ -454,6 +570,21 @@ def main() -> None:
         ),
         **{f"stream_ttfc_overhead_{shape}": row["ttfc_ratio"] for shape, row in stream["shapes"].items()},
         "peak_rss": round(memory["gateway"]["peak_load"] / memory["floor"]["peak_load"], 2),
+        **{
+            f"sequential_overhead_{name}": round(
+                seq[name]["overhead_paired"] / seq["floor"]["overhead_paired"], 2
+            )
+            for name in variants
+        },
+        "redis_admission_ms": (
+            round(seq["callers_redis"]["overhead_paired"] - seq["callers_memory"]["overhead_paired"], 3)
+            if "callers_redis" in seq
+            else None
+        ),
+        "group_sequential_overhead_vs_single": round(
+            seq["group"]["overhead_paired"] / seq["gateway"]["overhead_paired"], 2
+        ),
+        **{f"group_throughput_{c}_vs_single": row["ratio"] for c, row in group_paired.items()},
     }
     folder = results_dir(args.update)
     (folder / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
