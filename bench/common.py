@@ -141,6 +141,18 @@ def start_floor(upstream: str, cpu: int | None = 1) -> Server:
     return Server("floor", command, port, "/api/health", {"EMULATOR_KEY": KEY})
 
 
+def start_otlp_sink(cpu: int | None = 0) -> Server:
+    """bench/otlp_sink.py: where a gateway with telemetry on exports (accepted, then dropped)."""
+    port = free_port()
+    command = [*pin(cpu), PYTHON, "-m", "bench.otlp_sink", "--port", str(port)]
+    return Server("otlp sink", command, port, "/health", {})
+
+
+#: The environment of a gateway with telemetry on (OTLP to the sink at `url`).
+def telemetry_env(url: str) -> dict[str, str]:
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": url, "OTEL_SERVICE_NAME": "bench-gateway"}
+
+
 def start_redis(cpu: int | None = 0) -> Server | None:
     """A `redis-server` (Debian's) on 127.0.0.1 and a free port, nothing saved; None without the
     binary."""

@@ -59,9 +59,11 @@ from bench.common import (  # noqa: E402
     start_emulator,
     start_floor,
     start_gateway,
+    start_otlp_sink,
     start_redis,
     start_shaped_upstream,
     summary,
+    telemetry_env,
 )
 from bench.shaped_upstream import STREAM_SHAPES  # noqa: E402
 from shared.asgi import server_command  # noqa: E402
@@ -250,11 +252,12 @@ async def open_streams(gateway_url: str, count: int, server: Server) -> float:
     return round(rss, 1)
 
 
-def import_costs() -> dict:
+def import_costs(extra_env: dict[str, str] | None = None, only: list[str] | None = None) -> dict:
     env = {
         **os.environ,
         "GATEWAY_CONFIG": json.dumps(gateway_config("http://127.0.0.1:9")),
         "EMULATOR_KEY": "k",
+        **(extra_env or {}),
     }
 
     def wall(statement: str, runs: int = 5) -> float:
@@ -279,6 +282,8 @@ def import_costs() -> dict:
         "shared.asgi",
         "function_app",
     ]
+    if only is not None:
+        modules = only
     return {
         "bare_python_ms": round(bare, 1),
         **{module: round(wall(f"import {module}") - bare, 1) for module in modules},
@@ -444,6 +449,20 @@ def variant_rows(result: dict) -> list[str]:
         f"| group of two, sequential overhead / single endpoint's ({seq['group']['overhead_paired']} ms "
         f"against {seq['gateway']['overhead_paired']} ms) | {ratios['group_sequential_overhead_vs_single']} | ≤ 1.1 |"
     )
+    rows.append(
+        f"| telemetry on (OTLP to a local sink): sequential overhead / floor's "
+        f"({seq['telemetry']['overhead_paired']} ms) | {ratios['sequential_overhead_telemetry']} | ≤ 1.5 |"
+    )
+    for conns, pair in result["telemetry_throughput_paired"].items():
+        rows.append(
+            f"| telemetry on: throughput at {conns} / floor's (median of {len(pair['ratios'])} alternating "
+            f"pairs: {', '.join(str(r) for r in pair['ratios'])}; {pair['errors']} errors) | {pair['ratio']} | ≥ 0.6 |"
+        )
+    rows.append(
+        f"| cold import of function_app with telemetry on (s; off: "
+        f"{result['cold_start']['imports']['function_app'] / 1000:.2f}) "
+        f"| {result['cold_start']['function_app_telemetry_on_ms'] / 1000:.2f} | — |"
+    )
     for conns, pair in result["group_throughput_paired"].items():
         rows.append(
             f"| group of two, throughput at {conns} / single endpoint's (median of {len(pair['ratios'])} "
@@ -492,6 +511,10 @@ def main() -> None:
             ),
         }
         servers += callers_gateways.values()
+        sink = start_otlp_sink(cpu=0)
+        servers.append(sink)
+        telemetry_gateway = start_gateway(emulator.url, cpu=1, extra_env=telemetry_env(sink.url))
+        servers.append(telemetry_gateway)
         redis = start_redis(cpu=0)
         if redis is not None:
             servers.append(redis)
@@ -505,6 +528,7 @@ def main() -> None:
         pin_self(0)
         named = targets(emulator, floor, gateway)
         variants = variant_targets(gateway, callers_gateways, tenant.token)
+        variants["telemetry"] = (f"{telemetry_gateway.url}/api/v1/chat/completions", BODY, {})
         seq = asyncio.run(sequential({**named, **variants}, 30, rounds, 30))
         memory = {
             "floor": {"idle": round(floor.rss_mb(), 1)},
@@ -529,6 +553,15 @@ def main() -> None:
             other="group",
             concurrency=GROUP_CONCURRENCY,
         )
+        telemetry_paired = paired_throughput(
+            {**named, **variants},
+            {**server_of, "telemetry": telemetry_gateway},
+            seconds,
+            pairs,
+            base="floor",
+            other="telemetry",
+            concurrency=GROUP_CONCURRENCY,
+        )
         stream = asyncio.run(stream_figures(emulator, floor, gateway))
         stream["shapes"] = asyncio.run(
             streaming.shape_figures(shaped, shape_floors, gateway, **shape_sampling)
@@ -542,6 +575,9 @@ def main() -> None:
         if tenant is not None:
             tenant.stop()
     cold = {"imports": import_costs(), "first_answer_ms": None}
+    cold["function_app_telemetry_on_ms"] = import_costs(
+        telemetry_env("http://127.0.0.1:9"), ["function_app"]
+    )["function_app"]
     emulator = start_emulator(cpu=0)
     try:
         cold["first_answer_ms"] = time_to_first_answer(emulator)
@@ -555,6 +591,7 @@ def main() -> None:
         "throughput": throughput,
         "throughput_paired": paired,
         "group_throughput_paired": group_paired,
+        "telemetry_throughput_paired": telemetry_paired,
         "redis_store": "measured" if "callers_redis" in seq else "skipped: no redis-server",
         "streaming": stream,
         "memory_mb": memory,
@@ -585,6 +622,7 @@ def main() -> None:
             seq["group"]["overhead_paired"] / seq["gateway"]["overhead_paired"], 2
         ),
         **{f"group_throughput_{c}_vs_single": row["ratio"] for c, row in group_paired.items()},
+        **{f"telemetry_throughput_{c}": row["ratio"] for c, row in telemetry_paired.items()},
     }
     folder = results_dir(args.update)
     (folder / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")

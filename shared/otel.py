@@ -248,6 +248,8 @@ class TelemetryObserver(Observer):
         if answered is not None and tracked.answered_endpoint is not None:
             endpoint = self._endpoints[tracked.answered_endpoint]
             _set_answer(answered, input_tokens, output_tokens, finish_reasons)
+            if exchange.response_id and error is None:
+                answered.set_attribute("gen_ai.response.id", exchange.response_id)
             metric_attributes = dict(endpoint.attributes)
             if error_type is not None:
                 metric_attributes["error.type"] = error_type
@@ -262,8 +264,6 @@ class TelemetryObserver(Observer):
         if exchange.response_id and error is None:
             # The id the caller got: an operator searches by what a user reports.
             span.set_attribute("gen_ai.response.id", exchange.response_id)
-            if answered is not None:
-                answered.set_attribute("gen_ai.response.id", exchange.response_id)
         if exchange.endpoint:
             span.set_attribute("gateway.endpoint", exchange.endpoint)
             endpoint_model = self._endpoints.get(exchange.endpoint)

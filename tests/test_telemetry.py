@@ -93,7 +93,7 @@ def _config(url: str, retries: int = 0, **top: Any) -> dict[str, Any]:
     return config
 
 
-async def test_a_completion_has_a_server_span_a_client_span_and_token_metrics(emulator, telemetry):
+async def test_a_completion_has_a_server_span_a_client_span_and_token_metrics(emulator, telemetry, caplog):
     base, recorded = telemetry(_config(emulator[1]))
     body = {"model": "mistral-large", "messages": HELLO, "max_tokens": 50, "temperature": 0.2, "top_p": 0.9}
     reply = await post(base, body)
@@ -126,6 +126,7 @@ async def test_a_completion_has_a_server_span_a_client_span_and_token_metrics(em
     ((attrs, point),) = recorded.points("gen_ai.client.operation.duration")
     assert attrs["gateway.endpoint"] == "mistral-large" and point.count == 1
     assert list(point.explicit_bounds)[:3] == [0.01, 0.02, 0.04]
+    assert "ended span" not in caplog.text  # every attribute set while its span was open
     # No message text by default, anywhere.
     for span in recorded.finished():
         assert "Hello there" not in json.dumps({k: str(v) for k, v in span.attributes.items()})
