@@ -86,6 +86,12 @@ class ChunkIds:
         )
 
 
+#: What a caller's chunk may hold at its top level.
+_CHUNK_FIELDS = frozenset(
+    {"id", "object", "created", "model", "choices", "usage", "system_fingerprint", "service_tier"}
+)
+
+
 def normalized_chunk(
     data: Any, ids: ChunkIds, exchange: Exchange, *, include_usage: bool
 ) -> dict[str, Any] | None:
@@ -93,11 +99,14 @@ def normalized_chunk(
     `exchange`.
 
     The chunk keeps its choices and deltas (tool calls included) and takes the gateway's id,
-    timestamp and model name. Usage is dropped unless the caller asked for it; a chunk left
-    with nothing to say is dropped (None).
+    timestamp and model name; other top-level fields an endpoint adds (an `error` echoing who
+    knows what, say) are left out. Usage is dropped unless the caller asked for it; a chunk
+    left with nothing to say is dropped (None).
     """
     if not isinstance(data, dict) or not isinstance(data.get("choices", []), list):
         raise ValueError("a stream event is not a chat.completion.chunk object")
+    for key in [key for key in data if key not in _CHUNK_FIELDS]:
+        del data[key]
     data.update(id=ids.id, object="chat.completion.chunk", created=ids.created, model=ids.model)
     usage = data.get("usage")
     if isinstance(usage, dict):

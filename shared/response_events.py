@@ -16,6 +16,8 @@ import time
 from typing import Any
 
 from .codec import dumps
+from .config import DEFAULT_MAX_RESPONSE_BYTES
+from .errors import UpstreamError
 from .ids import item_id, response_id
 from .responses import (
     ResponsesCall,
@@ -60,8 +62,11 @@ class _FunctionCall:
 class ResponseEvents:
     """One response's events; one instance per stream."""
 
-    def __init__(self, call: ResponsesCall) -> None:
+    def __init__(self, call: ResponsesCall, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self._call = call
+        #: The text and arguments kept for the final events: bounded like a whole answer.
+        self._max_bytes = max_bytes
+        self._kept = 0
         self.id = response_id()
         self._created_at = int(time.time())
         self._model = call.chat.model or ""
@@ -73,6 +78,17 @@ class ResponseEvents:
         self._calls: dict[int, _FunctionCall] = {}
         self._finish_reason: str | None = None
         self._usage: Any = None
+
+    def _keep(self, text: str) -> None:
+        """Count what the final events repeat; past `max_bytes`, the stream fails."""
+        self._kept += len(text)
+        if self._kept > self._max_bytes:
+            raise UpstreamError(
+                f"the endpoint's streamed answer is larger than {self._max_bytes} characters "
+                "(max_response_bytes); if its answers are really this large, raise "
+                "max_response_bytes in the gateway configuration",
+                code="upstream_response_too_large",
+            )
 
     def chunk(self, data: dict[str, Any]) -> bytes:
         out: list[bytes] = []
@@ -163,6 +179,7 @@ class ResponseEvents:
             )
         if not text:
             return
+        self._keep(text)
         message.pieces.append(text)
         sequence = self._sequence
         self._sequence = sequence + 1
@@ -194,6 +211,7 @@ class ResponseEvents:
             self._emit(out, "response.output_item.added", output_index=call.output_index, item=item)
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
+            self._keep(arguments)
             call.pieces.append(arguments)
             self._emit(
                 out,

@@ -110,7 +110,9 @@ class Gateway:
 
     def responses_stream(self, call: ResponsesCall, caller: Caller | None = None) -> AsyncIterator[bytes]:
         """The Responses API's SSE events, as `chat_stream`'s."""
-        return self._stream(call.chat, "responses", ResponseEvents(call), caller)
+        return self._stream(
+            call.chat, "responses", ResponseEvents(call, self.config.max_response_bytes), caller
+        )
 
     async def _complete(
         self, request: ChatRequest, operation: str, caller: Caller | None

@@ -160,3 +160,12 @@ async def test_a_whole_answer_keeps_its_reasoning_when_made_into_chunks():
     writes, _, _ = await relay(Scripted(body=body))
     deltas = [json.loads(d)["choices"][0]["delta"] for d in datas(writes)[:-1]]
     assert {"reasoning_content": "6 x 7"} in deltas and {"content": "42"} in deltas
+
+
+async def test_fields_an_endpoint_adds_to_a_chunk_are_left_out():
+    extra = {"error": {"message": "key abcdefgh12345678 refused"}, "system_fingerprint": "fp"}
+    stream = event({"content": "hi"}, "stop", **extra) + DONE
+    writes, _, _ = await relay(Scripted(content_type="text/event-stream", pieces=[stream]))
+    (chunk,) = [json.loads(d) for d in datas(writes)[:-1]]
+    assert "error" not in chunk and chunk["system_fingerprint"] == "fp"
+    assert b"abcdefgh" not in b"".join(writes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types.responses import Response, ResponseStreamEvent
@@ -18,7 +19,7 @@ from pydantic import TypeAdapter
 
 from shared.chat import ChatCompletionRequest
 from shared.codec import dumps
-from shared.errors import InvalidRequestError
+from shared.errors import InvalidRequestError, UpstreamError
 from shared.formatters import ChatChoice, ChatResult
 from shared.relay import ChunkIds
 from shared.response_events import ResponseEvents
@@ -308,3 +309,16 @@ def test_responses_call_keeps_what_the_response_repeats():
     call = parse_responses_request(b'{"input": "x", "tools": [{"type": "function", "name": "f"}]}')
     assert isinstance(call, ResponsesCall)
     assert call.echo["tools"] == [{"type": "function", "name": "f"}] and call.echo["tool_choice"] == "auto"
+
+
+def test_a_streamed_answer_longer_than_max_response_bytes_fails_the_stream():
+    """The final events repeat the whole text: what is kept for them is bounded like a whole
+    answer (max_response_bytes)."""
+    call = parse_responses_request(b'{"input": "x", "stream": true}')
+    writer = ResponseEvents(call, max_bytes=2048)
+    delta = {"choices": [{"index": 0, "delta": {"content": "x" * 1000}, "finish_reason": None}]}
+    writer.chunk(delta)
+    writer.chunk(delta)
+    with pytest.raises(UpstreamError, match="max_response_bytes") as caught:
+        writer.chunk(delta)
+    assert caught.value.code == "upstream_response_too_large"
