@@ -85,13 +85,12 @@ class Gateway:
     def model(self, name: str) -> dict[str, Any]:
         """The entry of `models()` named `name`; `ModelNotFoundError` if there is none."""
         entries: list[dict[str, Any]] = self._model_list["data"]
+        if name:
+            self.pipeline.endpoint_for(name)  # the one "does not exist" error, naming what does
         for entry in entries:
             if entry["id"] == name:
                 return entry
-        names = ", ".join(entry["id"] for entry in entries)
-        raise ModelNotFoundError(
-            f"The model {name!r} does not exist on this gateway; available: {names}", param="model"
-        )
+        raise ModelNotFoundError(f"The model {name!r} does not exist on this gateway", param="model")
 
     async def chat(self, request: ChatRequest, caller: Caller | None = None) -> dict[str, Any]:
         """The `chat.completion` for a validated request."""
