@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from .credential_cache import Expiring, ExpiringCache
 from .errors import CredentialUnavailableError
 from .observe import NO_OBSERVER, Observer
-from .url_forms import ML_SCOPE
 from .vault_url import vault_url_problem
 
 if TYPE_CHECKING:
@@ -38,6 +37,8 @@ if TYPE_CHECKING:
 _HEADER_SAFE = re.compile(r"[!-~]+")
 #: Entra tokens are renewed this long before they expire.
 TOKEN_RENEWAL_MARGIN_S = 300.0
+#: The Entra scope of Azure ML online endpoints (Foundry hosts default to another: url_forms.py).
+ML_SCOPE = "https://ml.azure.com/.default"
 DEFAULT_ENTRA_SCOPE = ML_SCOPE
 
 

@@ -29,9 +29,8 @@ from .errors import (
 from .groups import GroupDispatch, Latencies
 from .logs import get_logger
 from .observe import NO_OBSERVER, Exchange, Observer
-from .retry import Backoff, Cooldowns, parse_retry_after, retryable
-from .routing import UpstreamRequest
-from .transport import Answer, Sender
+from .retry import Backoff, Cooldowns, retryable
+from .transport import Answer, Sender, UpstreamRequest, parse_retry_after
 
 log = get_logger("gateway.pipeline")
 

@@ -8,36 +8,13 @@ An endpoint that keeps failing is skipped for a cooldown, so its fallbacks answe
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
 from .errors import GatewayError, ServiceUnavailableError, UpstreamThrottledError
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` header: delay-seconds (ASCII digits) or an HTTP
-    date; None if absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if _DELAY_SECONDS.match(value):
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-#: `str.isdigit` also takes `²` and other digits that `float` does not read.
-_DELAY_SECONDS = re.compile(r"[0-9]{1,15}\Z")
 
 
 def retryable(error: GatewayError) -> bool:

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from .api_type import ApiType
 from .config import EndpointConfig
-
-
-@dataclass(slots=True)
-class UpstreamRequest:
-    endpoint: str
-    url: str
-    headers: dict[str, str]
-    body: bytes
-
-    def __repr__(self) -> str:  # the headers hold the key
-        return f"UpstreamRequest(endpoint={self.endpoint!r}, url={self.url!r}, body={len(self.body)} bytes)"
+from .transport import UpstreamRequest
 
 
 def merge_parameters(endpoint: EndpointConfig, params: dict[str, Any]) -> dict[str, Any]:

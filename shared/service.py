@@ -22,9 +22,9 @@ from .pipeline import Leases, Pipeline, RequestBuilder, Target
 from .relay import CHAT_EVENTS, EventWriter, Pacing, relay_chat
 from .response_events import ResponseEvents
 from .responses import ResponsesCall, response_from_result
-from .routing import UpstreamRequest, build_upstream_request
+from .routing import build_upstream_request
 from .telemetry import flush_telemetry, telemetry_observer
-from .transport import Sender, Transport, UpstreamResponse
+from .transport import Sender, Transport, UpstreamRequest, UpstreamResponse
 
 log = get_logger("gateway.service")
 

@@ -10,8 +10,10 @@ import asyncio
 import functools
 import math
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -19,8 +21,6 @@ import aiohttp
 
 from .config import DEFAULT_MAX_RESPONSE_BYTES
 from .errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
-from .retry import parse_retry_after
-from .routing import UpstreamRequest
 from .tracecontext import upstream_traceparent
 
 USER_AGENT = "azureml-chat-gateway/0.1"
@@ -28,6 +28,38 @@ USER_AGENT = "azureml-chat-gateway/0.1"
 MAX_ERROR_BODY_BYTES = 64 * 1024
 #: A `Retry-After` longer than a day is passed on as a day.
 MAX_RETRY_AFTER_S = 86400
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    endpoint: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+    def __repr__(self) -> str:  # the headers hold the key
+        return f"UpstreamRequest(endpoint={self.endpoint!r}, url={self.url!r}, body={len(self.body)} bytes)"
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delay-seconds (ASCII digits) or an HTTP
+    date; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if _DELAY_SECONDS.match(value):
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+#: `str.isdigit` also takes `²` and other digits that `float` does not read.
+_DELAY_SECONDS = re.compile(r"[0-9]{1,15}\Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,11 +21,11 @@ from collections.abc import Collection
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from .credentials import ML_SCOPE
+
 #: Hosts of Azure AI Foundry and Azure OpenAI resources: keys go as `api-key`, Entra tokens
 #: are for the Cognitive Services audience.
 COGNITIVE_HOST_SUFFIXES = (".services.ai.azure.com", ".openai.azure.com", ".cognitiveservices.azure.com")
-#: The Entra scope of Azure ML online endpoints.
-ML_SCOPE = "https://ml.azure.com/.default"
 #: The Entra scope Azure AI Foundry and Azure OpenAI resources accept (the Cognitive Services
 #: audience; the v1 API also documents https://ai.azure.com/.default).
 COGNITIVE_SCOPE = "https://cognitiveservices.azure.com/.default"

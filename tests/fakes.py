@@ -12,8 +12,7 @@ from typing import Any
 from shared.config import parse_config
 from shared.errors import GatewayError
 from shared.observe import Observer
-from shared.routing import UpstreamRequest
-from shared.transport import UpstreamResponse
+from shared.transport import UpstreamRequest, UpstreamResponse
 
 
 @dataclass

@@ -10,7 +10,7 @@ from shared.credentials import Credential, Credentials, bearer
 from shared.errors import ConcurrencyLimitError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
 from shared.observe import Exchange, Observer, Observers
 from shared.pipeline import Leases, Pipeline
-from shared.routing import UpstreamRequest
+from shared.transport import UpstreamRequest
 
 from .fakes import FakeTransport, RecordingObserver, Scripted, completion, config
 

@@ -14,7 +14,8 @@ import pytest
 
 from emulator import Emulator, Fault
 from shared.errors import UpstreamError, UpstreamThrottledError
-from shared.retry import Backoff, Cooldowns, parse_retry_after
+from shared.retry import Backoff, Cooldowns
+from shared.transport import parse_retry_after
 
 from .client import CHAT, HELLO, post, stream
 from .conftest import emulator_config
