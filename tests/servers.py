@@ -10,8 +10,10 @@ import asyncio
 import ssl
 import threading
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
+import trustme
 import uvicorn
 from aiohttp import web
 
@@ -89,3 +91,14 @@ class UvicornServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+def local_tls(folder: Path) -> tuple[ssl.SSLContext, str]:
+    """A test CA's certificate for 127.0.0.1: the server's TLS context, and the CA bundle's path
+    for clients (written into `folder`)."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca_file = folder / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return server_context, str(ca_file)

@@ -6,18 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 import time
 import urllib.request
 from types import SimpleNamespace
 
 import pytest
-import trustme
 
 from .azure_fakes import FakeIdentityEndpoint, FakeKeyVault
 from .client import CHAT, assert_openai_error, post
 from .conftest import emulator_config
-from .servers import AiohttpServer
+from .servers import AiohttpServer, local_tls
 
 HELLO = {"messages": [{"role": "user", "content": "Hello there"}]}
 ML_RESOURCE = "https://ml.azure.com"
@@ -26,11 +24,7 @@ ML_RESOURCE = "https://ml.azure.com"
 @pytest.fixture
 def azure(servers, monkeypatch, tmp_path, canary_key):
     """A managed-identity endpoint and an HTTPS Key Vault holding the emulator's key."""
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
+    server_context, ca_file = local_tls(tmp_path)
 
     identity = FakeIdentityEndpoint()
     identity_server = servers.run(AiohttpServer(identity.app).start())

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import ssl
 import time
 import urllib.request
 import zlib
 from typing import Any
 
 import pytest
-import trustme
 from aiohttp import web
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
@@ -23,7 +21,7 @@ from emulator import Fault
 
 from .azure_fakes import FakeIdentityEndpoint
 from .conftest import emulator_config
-from .servers import AiohttpServer
+from .servers import AiohttpServer, local_tls
 from .test_local_server import free_port, start_uvicorn, wait_until_serving
 
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -190,11 +188,7 @@ class Ingestion:
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_application_insights_export_with_the_apps_identity(servers, emulator, canary_key, tmp_path):
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
+    server_context, ca_file = local_tls(tmp_path)
     identity = FakeIdentityEndpoint()
     identity_server = servers.run(AiohttpServer(identity.app).start())
     ingestion = Ingestion()
