@@ -47,11 +47,10 @@ class Gateway:
         self.limits = limits
         if limits is None and config.callers.limits is not None:
             self.limits = CallerLimits.create(config.callers.limits)
-        if self.limits is not None:
-            observer = Observers([self.limits.observer, observer])
+        # Every observer behind `Observers`: one that raises is logged, not the request's failure.
+        told = [o for o in (self.limits and self.limits.observer, observer) if o and o is not NO_OBSERVER]
+        observer = Observers(told) if told else NO_OBSERVER
         self._credentials = credentials or Credentials(settings=config.credentials)
-        if observer is not NO_OBSERVER and not isinstance(observer, Observers):
-            observer = Observers([observer])  # one that raises is logged, not the request's failure
         self._credentials.observe(observer)
         self._transport: Sender = transport or Transport(max_response_bytes=config.max_response_bytes)
         self._observer = observer
