@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 from collections.abc import Callable, Iterable, Mapping
 
 from .config import EndpointConfig, GatewayConfig, GroupConfig
@@ -33,8 +32,6 @@ from .retry import Backoff, Cooldowns, retryable
 from .transport import Answer, Sender, UpstreamRequest, parse_retry_after
 
 log = get_logger("gateway.pipeline")
-
-_SECONDS = re.compile(r"[0-9]{1,9}")
 
 #: The upstream request for an endpoint, authorized with its credential.
 RequestBuilder = Callable[[EndpointConfig, Credential], UpstreamRequest]
@@ -335,10 +332,7 @@ def _soonest_retry_after(failures: list[GatewayError]) -> None:
     last = failures[-1]
     if last.status not in (429, 503):
         return
-    waits = [
-        int(f.headers["Retry-After"])
-        for f in failures
-        if _SECONDS.fullmatch(f.headers.get("Retry-After", ""))
-    ]
-    if waits:
-        last.headers["Retry-After"] = str(min(waits))
+    waits = [parse_retry_after(f.headers.get("Retry-After")) for f in failures]
+    known = [wait for wait in waits if wait is not None]
+    if known:
+        last.headers["Retry-After"] = str(round(min(known)))
