@@ -48,6 +48,8 @@ class Exchange:
     request: Any = None
     #: The id the caller gets (`chatcmpl-…`, `resp_…`): made when the request starts.
     response_id: str | None = None
+    #: The endpoint's whole answer (a `ChatResult`), when it came in one piece (not as events).
+    answer: Any = None
     #: What broke a stream after its first event (the caller got it as an error event, so
     #: `request_ended` is told of no error).
     error: BaseException | None = None

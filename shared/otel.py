@@ -16,14 +16,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.metrics import Meter, MeterProvider
+from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -55,6 +62,9 @@ STATE_KEY = "telemetry"
 MAX_CONTENT_CHARS = 32_768
 #: Token counts above this are an endpoint's nonsense, not recorded.
 MAX_TOKENS = 1 << 40
+#: New traces kept per second and instance when `OTEL_TRACES_SAMPLER` is not set: the default of
+#: Microsoft's OpenTelemetry distributions. Metrics count every request whatever is sampled.
+DEFAULT_TRACES_PER_SECOND = 5.0
 
 _ROUTES = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}
 _PARAMETERS = (
@@ -87,22 +97,28 @@ class _Endpoint:
 
     model: str
     attributes: Mapping[str, Any]
+    #: ... with `gen_ai.token.type`, made once: metrics hash their attributes on every record.
+    input_attributes: Mapping[str, Any]
+    output_attributes: Mapping[str, Any]
 
     @classmethod
     def of(cls, endpoint: EndpointConfig) -> _Endpoint:
         parts = urlsplit(endpoint.endpoint_url)
         model = endpoint.upstream_model or endpoint.name
+        attributes = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": provider_name(endpoint.endpoint_url),
+            "gen_ai.request.model": model,
+            "gen_ai.response.model": model,
+            "server.address": parts.hostname or "",
+            "server.port": parts.port or (443 if parts.scheme == "https" else 80),
+            "gateway.endpoint": endpoint.name,
+        }
         return cls(
             model,
-            {
-                "gen_ai.operation.name": "chat",
-                "gen_ai.provider.name": provider_name(endpoint.endpoint_url),
-                "gen_ai.request.model": model,
-                "gen_ai.response.model": model,
-                "server.address": parts.hostname or "",
-                "server.port": parts.port or (443 if parts.scheme == "https" else 80),
-                "gateway.endpoint": endpoint.name,
-            },
+            attributes,
+            {**attributes, "gen_ai.token.type": "input"},
+            {**attributes, "gen_ai.token.type": "output"},
         )
 
 
@@ -118,6 +134,27 @@ class _RequestTelemetry:
     answered_endpoint: str | None = None
     answered_started: float = 0.0
     events: list[str] = field(default_factory=list)
+
+
+class _Tally:
+    """A monotonic counter kept by the gateway (a dict of counts by attribute values) and read by
+    the SDK through an observable counter at each collection."""
+
+    def __init__(self, meter: Meter, name: str, unit: str, description: str, names: tuple[str, ...]) -> None:
+        self._names = names
+        self._counts: dict[tuple[Any, ...], int] = {}
+        meter.create_observable_counter(name, [self._observe], unit=unit, description=description)
+
+    def add(self, *values: Any) -> None:
+        """One more event with these attribute values (in the order of `names`; None: absent)."""
+        self._counts[values] = self._counts.get(values, 0) + 1
+
+    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        # list(): one step under the GIL, while the event loop's thread may add a key.
+        return [
+            Observation(count, {n: v for n, v in zip(self._names, values, strict=True) if v is not None})
+            for values, count in list(self._counts.items())
+        ]
 
 
 class TelemetryObserver(Observer):
@@ -155,38 +192,70 @@ class TelemetryObserver(Observer):
             description="Time from the request to the first event of a streamed answer",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self._requests = meter.create_counter(
-            "gateway.requests", unit="{request}", description="Requests answered or failed"
+        # The gateway's own counters are kept here and read by the SDK at each export: an event
+        # costs a dict increment instead of the SDK's work per call.
+        self._requests = _Tally(
+            meter,
+            "gateway.requests",
+            "{request}",
+            "Requests answered or failed",
+            ("gateway.api", "gateway.stream", "error.type"),
         )
-        self._tries = meter.create_counter(
-            "gateway.upstream.tries", unit="{try}", description="Calls sent to endpoints"
+        self._tries = _Tally(
+            meter,
+            "gateway.upstream.tries",
+            "{try}",
+            "Calls sent to endpoints",
+            ("gateway.endpoint", "error.type"),
         )
-        self._retries = meter.create_counter(
-            "gateway.upstream.retries", unit="{retry}", description="Tries scheduled again after a failure"
+        self._retries = _Tally(
+            meter,
+            "gateway.upstream.retries",
+            "{retry}",
+            "Tries scheduled again after a failure",
+            ("gateway.endpoint",),
         )
-        self._fallbacks = meter.create_counter(
-            "gateway.fallbacks", unit="{fallback}", description="Requests passed to a fallback endpoint"
+        self._fallbacks = _Tally(
+            meter,
+            "gateway.fallbacks",
+            "{fallback}",
+            "Requests passed to a fallback endpoint",
+            ("gateway.endpoint", "gateway.fallback_to"),
         )
-        self._cooldowns = meter.create_counter(
-            "gateway.cooldowns.opened", unit="{cooldown}", description="Endpoints put in cooldown"
+        self._cooldowns = _Tally(
+            meter,
+            "gateway.cooldowns.opened",
+            "{cooldown}",
+            "Endpoints put in cooldown",
+            ("gateway.endpoint",),
         )
-        self._limit_rejections = meter.create_counter(
-            "gateway.limit.rejections", unit="{request}", description="Requests refused by a gateway limit"
+        self._limit_rejections = _Tally(
+            meter,
+            "gateway.limit.rejections",
+            "{request}",
+            "Requests refused by a gateway limit",
+            ("gateway.limit",),
         )
-        self._credential_fetches = meter.create_counter(
+        self._credential_fetches = _Tally(
+            meter,
             "gateway.credential.fetches",
-            unit="{fetch}",
-            description="Keys read from their source (Key Vault, the environment) or tokens issued",
+            "{fetch}",
+            "Keys read from their source (Key Vault, the environment) or tokens issued",
+            ("gateway.auth_type",),
         )
-        self._stale_served = meter.create_counter(
+        self._stale_served = _Tally(
+            meter,
             "gateway.credential.stale_served",
-            unit="{event}",
-            description="Cached keys served past their refresh time while the source was down",
+            "{event}",
+            "Cached keys served past their refresh time while the source was down",
+            ("gateway.auth_type",),
         )
-        self._credential_refusals = meter.create_counter(
+        self._credential_refusals = _Tally(
+            meter,
             "gateway.credential.refusals",
-            unit="{refusal}",
-            description="Credentials an endpoint refused (401/403)",
+            "{refusal}",
+            "Credentials an endpoint refused (401/403)",
+            ("gateway.endpoint",),
         )
 
     # -- requests
@@ -200,6 +269,16 @@ class TelemetryObserver(Observer):
                 carrier["tracestate"] = tracestate
             parent = self._propagator.extract(carrier)
         route = _ROUTES.get(exchange.operation, "/v1/" + exchange.operation)
+        span = self._tracer.start_span(f"POST {route}", context=parent, kind=self._server_kind)
+        if span.is_recording():  # most requests are not sampled: nothing more to do for those
+            span.set_attributes(self._request_attributes(exchange, route))
+        context = trace.set_span_in_context(span, parent)
+        # The request's log records carry its trace and span ids. Each request runs in a task
+        # of its own, whose context ends with it: nothing to detach.
+        otel_context.attach(context)
+        exchange.state[STATE_KEY] = _RequestTelemetry(span, context)
+
+    def _request_attributes(self, exchange: Exchange, route: str) -> dict[str, Any]:
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.request.model": exchange.model,
@@ -222,14 +301,7 @@ class TelemetryObserver(Observer):
                     attributes[attribute] = value
         if self._capture_content and request is not None:
             attributes["gen_ai.input.messages"] = _bounded_json(getattr(request, "messages", None))
-        span = self._tracer.start_span(
-            f"POST {route}", context=parent, kind=self._server_kind, attributes=attributes
-        )
-        context = trace.set_span_in_context(span, parent)
-        # The request's log records carry its trace and span ids. Each request runs in a task
-        # of its own, whose context ends with it: nothing to detach.
-        otel_context.attach(context)
-        exchange.state[STATE_KEY] = _RequestTelemetry(span, context)
+        return attributes
 
     def request_ended(self, exchange: Exchange, error: BaseException | None) -> None:
         tracked: _RequestTelemetry | None = exchange.state.pop(STATE_KEY, None)
@@ -240,43 +312,48 @@ class TelemetryObserver(Observer):
             error = exchange.error
         error_type = _error_type(None, error) if error is not None else None
         input_tokens, output_tokens = _tokens(exchange.usage)
-        finish_reasons = [str(r)[:64] for r in exchange.finish_reasons[:16]]
         if tracked.trying is not None:  # the caller left, or the request was cancelled, mid-try
             _end_failed(tracked.trying, error_type or "cancelled")
             tracked.trying = None
+        span = tracked.span
+        recording = span.is_recording()
+        finish_reasons = [str(r)[:64] for r in exchange.finish_reasons[:16]] if recording else []
         answered = tracked.answered
         if answered is not None and tracked.answered_endpoint is not None:
             endpoint = self._endpoints[tracked.answered_endpoint]
-            _set_answer(answered, input_tokens, output_tokens, finish_reasons)
-            if exchange.response_id and error is None:
-                answered.set_attribute("gen_ai.response.id", exchange.response_id)
-            metric_attributes = dict(endpoint.attributes)
+            if recording:
+                _set_answer(answered, input_tokens, output_tokens, finish_reasons)
+                if exchange.response_id and error is None:
+                    answered.set_attribute("gen_ai.response.id", exchange.response_id)
             if error_type is not None:
-                metric_attributes["error.type"] = error_type
+                self._duration.record(
+                    now - tracked.answered_started, {**endpoint.attributes, "error.type": error_type}
+                )
                 _end_failed(answered, error_type)
             else:
+                self._duration.record(now - tracked.answered_started, endpoint.attributes)
                 answered.end()
-            self._duration.record(now - tracked.answered_started, metric_attributes)
-            for count, token_type in ((input_tokens, "input"), (output_tokens, "output")):
-                if count is not None:
-                    self._token_usage.record(count, {**endpoint.attributes, "gen_ai.token.type": token_type})
-        span = tracked.span
-        if exchange.response_id and error is None:
-            # The id the caller got: an operator searches by what a user reports.
-            span.set_attribute("gen_ai.response.id", exchange.response_id)
-        if exchange.endpoint:
-            span.set_attribute("gateway.endpoint", exchange.endpoint)
-            endpoint_model = self._endpoints.get(exchange.endpoint)
-            if endpoint_model is not None:
-                span.set_attribute("gen_ai.response.model", endpoint_model.model)
-        _set_answer(span, input_tokens, output_tokens, finish_reasons)
-        span.set_attribute("http.response.status_code", _status(error))
-        self._requests.add(
-            1,
-            {"gateway.api": exchange.operation, "gateway.stream": exchange.stream, "error.type": error_type}
-            if error_type is not None
-            else {"gateway.api": exchange.operation, "gateway.stream": exchange.stream},
-        )
+            if input_tokens is not None:
+                self._token_usage.record(input_tokens, endpoint.input_attributes)
+            if output_tokens is not None:
+                self._token_usage.record(output_tokens, endpoint.output_attributes)
+        if recording:
+            attributes: dict[str, Any] = {"http.response.status_code": _status(error)}
+            if exchange.response_id and error is None:
+                # The id the caller got: an operator searches by what a user reports.
+                attributes["gen_ai.response.id"] = exchange.response_id
+            if exchange.endpoint:
+                attributes["gateway.endpoint"] = exchange.endpoint
+                endpoint_model = self._endpoints.get(exchange.endpoint)
+                if endpoint_model is not None:
+                    attributes["gen_ai.response.model"] = endpoint_model.model
+            if self._capture_content and exchange.answer is not None:
+                attributes["gen_ai.output.messages"] = _bounded_json(
+                    [{**c.message, "finish_reason": c.finish_reason} for c in exchange.answer.choices]
+                )
+            span.set_attributes(attributes)
+            _set_answer(span, input_tokens, output_tokens, finish_reasons)
+        self._requests.add(exchange.operation, exchange.stream, error_type)
         if error_type is not None:
             _end_failed(span, error_type)
         else:
@@ -313,12 +390,12 @@ class TelemetryObserver(Observer):
         if status is not None:
             span.set_attribute("http.response.status_code", status)
         if error is None:
-            self._tries.add(1, {"gateway.endpoint": endpoint})
+            self._tries.add(endpoint, None)
             tracked.answered, tracked.answered_endpoint = span, endpoint
             tracked.answered_started = tracked.try_started
             return
         error_type = _error_type(status, error)
-        self._tries.add(1, {"gateway.endpoint": endpoint, "error.type": error_type})
+        self._tries.add(endpoint, error_type)
         self._duration.record(
             time.monotonic() - tracked.try_started, {**described.attributes, "error.type": error_type}
         )
@@ -327,7 +404,7 @@ class TelemetryObserver(Observer):
     def retry_scheduled(
         self, exchange: Exchange, endpoint: str, attempt: int, delay_s: float, error: GatewayError
     ) -> None:
-        self._retries.add(1, {"gateway.endpoint": endpoint})
+        self._retries.add(endpoint)
         tracked: _RequestTelemetry | None = exchange.state.get(STATE_KEY)
         if tracked is not None:
             tracked.span.add_event(
@@ -336,7 +413,7 @@ class TelemetryObserver(Observer):
             )
 
     def fallback(self, exchange: Exchange, failed: str, to: str, error: GatewayError) -> None:
-        self._fallbacks.add(1, {"gateway.endpoint": failed, "gateway.fallback_to": to})
+        self._fallbacks.add(failed, to)
         tracked: _RequestTelemetry | None = exchange.state.get(STATE_KEY)
         if tracked is not None:
             tracked.span.add_event(
@@ -349,7 +426,7 @@ class TelemetryObserver(Observer):
             )
 
     def cooldown_opened(self, endpoint: str, cooldown_s: float) -> None:
-        self._cooldowns.add(1, {"gateway.endpoint": endpoint})
+        self._cooldowns.add(endpoint)
 
     def first_chunk(self, exchange: Exchange) -> None:
         tracked: _RequestTelemetry | None = exchange.state.get(STATE_KEY)
@@ -364,18 +441,18 @@ class TelemetryObserver(Observer):
             self._time_to_first_chunk.record(elapsed, self._endpoints[tracked.answered_endpoint].attributes)
 
     def limit_rejected(self, exchange: Exchange, limit: str, error: GatewayError) -> None:
-        self._limit_rejections.add(1, {"gateway.limit": limit})
+        self._limit_rejections.add(limit)
 
     # -- credentials
 
     def credential_fetched(self, auth_type: str, name: str) -> None:
-        self._credential_fetches.add(1, {"gateway.auth_type": auth_type})
+        self._credential_fetches.add(auth_type)
 
     def credential_served_stale(self, auth_type: str, name: str, error: GatewayError) -> None:
-        self._stale_served.add(1, {"gateway.auth_type": auth_type})
+        self._stale_served.add(auth_type)
 
     def credential_refused(self, exchange: Exchange, endpoint: str, status: int) -> None:
-        self._credential_refusals.add(1, {"gateway.endpoint": endpoint})
+        self._credential_refusals.add(endpoint)
 
 
 def _caller_id(exchange: Exchange) -> str | None:
@@ -450,6 +527,81 @@ def _bounded_json(value: Any) -> str:
     return text if len(text) <= MAX_CONTENT_CHARS else text[:MAX_CONTENT_CHARS] + "…"
 
 
+# -- sampling
+
+
+class RateLimitedSampler(Sampler):
+    """Keeps at most `per_second` new traces a second (a second's worth in a burst), by a GCRA
+    over the monotonic clock. A caller's `traceparent` continues its trace but does not decide
+    what is kept here: else any caller could have every request recorded."""
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if not per_second >= 0:
+            raise ValueError("traces per second must be a number >= 0")
+        self._interval = 1.0 / per_second if per_second > 0 else float("inf")
+        #: How far ahead of now the next allowed time may run: a second's worth, less one (and a
+        #: hair, so that five fifths of a second make a second).
+        self._tolerance = max(1.0 - self._interval, 0.0) + 1e-9
+        self._next = 0.0
+        self._clock = clock
+        self._description = f"RateLimitedSampler{{{per_second}}}"
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Any = None,
+        links: Any = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        now = self._clock()
+        allowed_at = max(self._next, now)
+        keep = allowed_at - now <= self._tolerance
+        if keep:
+            self._next = allowed_at + self._interval
+        parent = trace.get_current_span(parent_context).get_span_context()
+        return SamplingResult(
+            Decision.RECORD_AND_SAMPLE if keep else Decision.DROP,
+            attributes if keep else None,
+            parent.trace_state if parent.is_valid else None,
+        )
+
+    def get_description(self) -> str:
+        return self._description
+
+
+def sampler(destination: str, environ: Mapping[str, str]) -> Sampler | None:
+    """The trace sampler: None leaves it to the SDK (any standard `OTEL_TRACES_SAMPLER`).
+    Unset, or `microsoft.rate_limited` with `OTEL_TRACES_SAMPLER_ARG` traces per second, keeps
+    at most that many new traces a second (default 5); `microsoft.fixed_percentage` keeps that
+    fraction (0 to 1). Application Insights gets its exporter's own samplers, which tell it the
+    rate so that its counts are scaled back up. Either way a request's tries follow its span."""
+    name = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if name not in ("", "microsoft.rate_limited", "microsoft.fixed_percentage"):
+        return None
+    default = DEFAULT_TRACES_PER_SECOND if name != "microsoft.fixed_percentage" else 1.0
+    try:
+        value = float(environ.get("OTEL_TRACES_SAMPLER_ARG") or default) if name else default
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf") or (name == "microsoft.fixed_percentage" and value > 1):
+        log.warning("OTEL_TRACES_SAMPLER_ARG is not valid for %s: using %s", name, default)
+        value = default
+    if destination == "azure_monitor":
+        from azure.monitor.opentelemetry.exporter import ApplicationInsightsSampler
+        from azure.monitor.opentelemetry.exporter import RateLimitedSampler as AzureRateLimited
+
+        if name == "microsoft.fixed_percentage":
+            return ApplicationInsightsSampler(value)
+        return AzureRateLimited(value)
+    root: Sampler = (
+        TraceIdRatioBased(value) if name == "microsoft.fixed_percentage" else RateLimitedSampler(value)
+    )
+    return ParentBased(root, remote_parent_sampled=root, remote_parent_not_sampled=root)
+
+
 # -- set-up, once per process
 
 _installed: tuple[Any, Any] | None = None
@@ -508,9 +660,7 @@ def _providers(destination: str, environ: Mapping[str, str], *, export_logs: boo
         span_exporter, metric_exporter, log_exporter = _azure_monitor_exporters(environ)
     else:
         span_exporter, metric_exporter, log_exporter = _otlp_exporters(environ)
-    # The sampler is the SDK's, from OTEL_TRACES_SAMPLER: by default parentbased_always_on, so a
-    # request's upstream tries are kept or dropped with it, and a caller's decision is followed.
-    tracer_provider = SdkTracerProvider(resource=resource)
+    tracer_provider = SdkTracerProvider(resource=resource, sampler=sampler(destination, environ))
     tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
     meter_provider = SdkMeterProvider(
         resource=resource, metric_readers=[PeriodicExportingMetricReader(metric_exporter)]

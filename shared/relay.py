@@ -260,7 +260,7 @@ async def _events(
     async for keepalive in pacing.keepalives_until(reading):
         yield keepalive
     result = read_result(endpoint, reading.result())
-    exchange.usage = result.usage
+    exchange.usage, exchange.answer = result.usage, result
     if result.usage is None:
         exchange.answer_chars = result.text_chars()
     exchange.finish_reasons.extend(c.finish_reason or "stop" for c in result.choices)

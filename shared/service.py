@@ -125,7 +125,7 @@ class Gateway:
                 response = await upstream.read()
             result = read_result(answered_by, response)
             # Before request_ended: observers read them there.
-            exchange.usage = result.usage
+            exchange.usage, exchange.answer = result.usage, result
             if result.usage is None:
                 exchange.answer_chars = result.text_chars()
             exchange.finish_reasons.extend(c.finish_reason or "stop" for c in result.choices)

@@ -16,10 +16,12 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.sdk.trace.sampling import ParentBased
+from opentelemetry.trace import SpanKind, set_span_in_context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from emulator import Fault
-from shared import tracecontext
+from shared import otel, tracecontext
 from shared.asgi import build_app
 from shared.config import load_config
 from shared.credentials import Credentials
@@ -130,12 +132,16 @@ async def test_a_completion_has_a_server_span_a_client_span_and_token_metrics(em
     # No message text by default, anywhere.
     for span in recorded.finished():
         assert "Hello there" not in json.dumps({k: str(v) for k, v in span.attributes.items()})
+        assert "gen_ai.output.messages" not in span.attributes
 
 
 async def test_content_is_recorded_only_when_asked(emulator, telemetry):
     base, recorded = telemetry(_config(emulator[1], telemetry={"capture_content": True}))
     assert (await post(base)).status == 200
-    assert "Hello there" in recorded.server().attributes["gen_ai.input.messages"]
+    server = recorded.server()
+    assert "Hello there" in server.attributes["gen_ai.input.messages"]
+    (answer,) = json.loads(server.attributes["gen_ai.output.messages"])
+    assert answer["role"] == "assistant" and answer["content"] and answer["finish_reason"] == "stop"
 
 
 async def test_a_stream_records_time_to_first_chunk_and_usage(emulator, telemetry):
@@ -226,6 +232,66 @@ def test_provider_names():
     assert provider_name("https://r.openai.azure.com/openai/v1/chat/completions") == "azure.ai.openai"
     assert provider_name("https://r.services.ai.azure.com/models/chat/completions") == "azure.ai.inference"
     assert provider_name("https://m.eastus2.models.ai.azure.com/v1/chat/completions") == "azure.ai.inference"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _kept(sampler: Any, count: int, parent: Any = None) -> int:
+    tracer = TracerProvider(sampler=sampler).get_tracer("test")
+    return sum(tracer.start_span("request", context=parent).is_recording() for _ in range(count))
+
+
+def test_the_default_sampler_keeps_five_new_traces_a_second():
+    clock = Clock()
+    sampler = otel.sampler("otlp", {})
+    assert "RateLimitedSampler{5.0}" in sampler.get_description()
+    limited = otel.RateLimitedSampler(5, clock)
+    both = ParentBased(limited, remote_parent_sampled=limited, remote_parent_not_sampled=limited)
+    assert _kept(both, 100) == 5  # a second's worth at once
+    clock.now += 0.2
+    assert _kept(both, 100) == 1  # then one every 0.2 s
+    clock.now += 10
+    assert _kept(both, 100) == 5  # no more than a second's worth after a quiet spell
+
+
+def test_a_callers_sampled_flag_does_not_force_recording_but_a_kept_requests_tries_follow_it():
+    clock = Clock()
+    limited = otel.RateLimitedSampler(2, clock)
+    sampler = ParentBased(limited, remote_parent_sampled=limited, remote_parent_not_sampled=limited)
+    caller = TraceContextTextMapPropagator().extract({"traceparent": CALLER_PARENT})
+    tracer = TracerProvider(sampler=sampler).get_tracer("test")
+    requests = [tracer.start_span("request", context=caller) for _ in range(10)]
+    kept = [r for r in requests if r.is_recording()]
+    assert len(kept) == 2 and all(f"{r.get_span_context().trace_id:032x}" == CALLER_TRACE for r in requests)
+    for request in requests:  # the budget is spent, but a kept request's tries are kept with it
+        child = tracer.start_span("chat", context=set_span_in_context(request))
+        assert child.is_recording() is request.is_recording()
+
+
+def test_the_sampler_settings():
+    assert otel.sampler("otlp", {"OTEL_TRACES_SAMPLER": "parentbased_always_on"}) is None  # the SDK's
+    assert otel.sampler("otlp", {"OTEL_TRACES_SAMPLER": "traceidratio"}) is None
+    two = otel.sampler("otlp", {"OTEL_TRACES_SAMPLER": "microsoft.rate_limited", "OTEL_TRACES_SAMPLER_ARG": "2"})
+    assert _kept(two, 50) == 2
+    none = otel.sampler("otlp", {"OTEL_TRACES_SAMPLER": "microsoft.fixed_percentage", "OTEL_TRACES_SAMPLER_ARG": "0"})
+    assert _kept(none, 50) == 0
+    every = otel.sampler("otlp", {"OTEL_TRACES_SAMPLER": "microsoft.fixed_percentage"})
+    assert _kept(every, 50) == 50
+    bad = otel.sampler("otlp", {"OTEL_TRACES_SAMPLER": "microsoft.rate_limited", "OTEL_TRACES_SAMPLER_ARG": "-3"})
+    assert "RateLimitedSampler{5.0}" in bad.get_description()
+    # Application Insights: its exporter's samplers, which record the rate for its counts.
+    azure = otel.sampler("azure_monitor", {})
+    assert type(azure).__name__ == "RateLimitedSampler" and type(azure).__module__.startswith("azure.monitor")
+    ratio = otel.sampler(
+        "azure_monitor", {"OTEL_TRACES_SAMPLER": "microsoft.fixed_percentage", "OTEL_TRACES_SAMPLER_ARG": "0.5"}
+    )
+    assert type(ratio).__name__ == "ApplicationInsightsSampler"
 
 
 OFF_PROBE = """

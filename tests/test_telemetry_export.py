@@ -31,6 +31,8 @@ FAST_EXPORT = {
     "OTEL_BSP_SCHEDULE_DELAY": "50",
     "OTEL_BLRP_SCHEDULE_DELAY": "50",
     "OTEL_METRIC_EXPORT_INTERVAL": "200",
+    # Every trace kept (the default keeps about 5 a second, and maybe not a process's very first).
+    "OTEL_TRACES_SAMPLER": "parentbased_always_on",
 }
 
 
