@@ -128,6 +128,8 @@ class CallerLimitError(GatewayError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+    #: The limit it is over: "requests_per_minute", "tokens_per_minute" or "tokens_per_day".
+    limit = "requests_per_minute"
 
 
 class UpstreamThrottledError(GatewayError):

@@ -20,10 +20,11 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from .callers import Caller, caller_auth
-from .chat import parse_chat_request
+from .chat import ChatRequest, parse_chat_request
 from .codec import dumps
 from .errors import (
     INTERNAL_ERROR_BODY,
+    CallerLimitError,
     GatewayError,
     InvalidRequestError,
     RequestTooLargeError,
@@ -134,7 +135,7 @@ class GatewayApi:
                 return await _streamed(self.gateway.chat_stream(chat, caller))
             return await _whole(self.gateway.chat(chat, caller))
 
-        return await self._within_limits(caller, len(body), request, answer)
+        return await self._within_limits(caller, chat, "chat", len(body), request, answer)
 
     async def _responses(self, request: Request) -> Response:
         caller = await self.callers.authenticate(request.headers)
@@ -146,14 +147,20 @@ class GatewayApi:
                 return await _streamed(self.gateway.responses_stream(call, caller))
             return await _whole(self.gateway.responses(call, caller))
 
-        return await self._within_limits(caller, len(body), request, answer)
+        return await self._within_limits(caller, call.chat, "responses", len(body), request, answer)
 
     async def _json_body(self, request: Request) -> bytes:
         require_json(request.headers.get("content-type"))
         return await read_body(request, self._max_request_bytes)
 
     async def _within_limits(
-        self, caller: Caller, body_bytes: int, request: Request, answer: Callable[[], Awaitable[Response]]
+        self,
+        caller: Caller,
+        chat: ChatRequest,
+        operation: str,
+        body_bytes: int,
+        request: Request,
+        answer: Callable[[], Awaitable[Response]],
     ) -> Response:
         """`answer` (while the caller is connected) if the caller is within its limits (else
         429), with its limits' headers; the prompt's tokens are estimated from the body's length
@@ -161,9 +168,29 @@ class GatewayApi:
         limits = self.gateway.limits
         if limits is None:
             return await _while_connected(request, answer())
-        admission = await limits.admit(caller, estimate_tokens(body_bytes))
+        admission = limits.reserve(caller, estimate_tokens(body_bytes))
+        answering: Awaitable[Response]
+        if limits.has_headroom(caller):
+            # Well inside its limits: the call to the endpoint starts while the admission's round
+            # trip to the shared store is on its way; the answer waits for it, a refusal cancels.
+            answering = asyncio.ensure_future(_while_connected(request, answer()))
+            try:
+                await limits.decide(admission)
+            except BaseException as exc:
+                answering.cancel()
+                await asyncio.gather(answering, return_exceptions=True)
+                if isinstance(exc, CallerLimitError):
+                    self.gateway.caller_refused(chat, operation, caller, exc)
+                raise
+        else:
+            try:
+                await limits.decide(admission)
+            except CallerLimitError as exc:
+                self.gateway.caller_refused(chat, operation, caller, exc)
+                raise
+            answering = _while_connected(request, answer())
         try:
-            response = await _while_connected(request, answer())
+            response = await answering
         except GatewayError as exc:
             exc.headers.update(admission.headers)
             limits.settle(admission, 0)  # unless the request reached an endpoint (settled then)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .callers import Caller, LimitsSettings, LimitValues, StoreSettings
-from .errors import CallerLimitError, GatewayError, LimitStoreUnavailableError
+from .errors import CallerLimitError, LimitStoreUnavailableError
 from .logs import get_logger
 from .observe import Exchange, Observer
 
@@ -40,6 +40,10 @@ RATE_LIMIT_HEADERS = tuple(
 )
 #: Characters per token of the estimates (prompt before the call, `/score` answers after).
 CHARS_PER_TOKEN = 4
+#: How recent a caller's last admission must be for its next request to start early.
+HEADROOM_FRESH_S = 1.0
+#: Callers remembered for `has_headroom` before the stale ones are dropped.
+MAX_CALLERS_SEEN = 10_000
 
 
 def estimate_tokens(chars: int) -> int:
@@ -65,7 +69,8 @@ class Decision:
 class Store(Protocol):
     async def admit(self, keys: list[str], buckets: list[Bucket], costs: list[int]) -> Decision: ...
 
-    async def settle(self, keys: list[str], buckets: list[Bucket], deltas: list[int]) -> None: ...
+    def settle(self, keys: list[str], buckets: list[Bucket], deltas: list[int]) -> None:
+        """Add `deltas` to the buckets: now, or soon (a shared store batches them)."""
 
     async def aclose(self) -> None: ...
 
@@ -95,7 +100,7 @@ class MemoryStore:
             self._tats.update(zip(keys, after, strict=True))
         return Decision(admitted, [t - now for t in before], [t - now for t in after])
 
-    async def settle(self, keys: list[str], buckets: list[Bucket], deltas: list[int]) -> None:
+    def settle(self, keys: list[str], buckets: list[Bucket], deltas: list[int]) -> None:
         now = self._now_ms()
         for key, bucket, delta in zip(keys, buckets, deltas, strict=True):
             tat = max(self._tats.get(key, now), now) + delta * bucket.period_ms / bucket.limit
@@ -109,35 +114,48 @@ class MemoryStore:
 
 
 # The store's own clock (TIME), so every instance agrees; keys expire once their bucket is full.
+# ARGV[1]: period, limit, cost and a settlement of each key, comma-separated (redis-py encodes and
+# parses every element of a command in Python: one argument and one string back cost less). The
+# settlement (a former request's tokens, used minus reserved) applies first, admitted or not.
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local args = {}
+for value in string.gmatch(ARGV[1], '[^,]+') do args[#args + 1] = tonumber(value) end
 local ok = 1
-local before, after = {}, {}
+local settled, before, after = {}, {}, {}
 for i = 1, #KEYS do
-  local period, limit, cost = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
+  local period, limit, cost, delta = args[4*i-3], args[4*i-2], args[4*i-1], args[4*i]
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
-  before[i] = tat
-  after[i] = tat + cost * period / limit
+  settled[i] = tat + delta * period / limit
+  before[i] = math.max(settled[i], now)
+  after[i] = before[i] + cost * period / limit
   if after[i] - now > period then ok = 0 end
 end
 local out = {ok}
 for i = 1, #KEYS do
-  if ok == 1 then
-    redis.call('SET', KEYS[i], string.format('%.3f', after[i]), 'PX', math.ceil(after[i] - now) + 1)
+  local tat = settled[i]
+  if ok == 1 then tat = after[i] end
+  if tat > now then
+    redis.call('SET', KEYS[i], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1)
+  elseif args[4*i] ~= 0 then
+    redis.call('DEL', KEYS[i])
   end
   out[#out + 1] = string.format('%.3f', before[i] - now)
   out[#out + 1] = string.format('%.3f', after[i] - now)
 end
-return out
+return table.concat(out, ',')
 """
 
+# Settlements no admission took along: period, limit and delta of each key.
 _SETTLE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local args = {}
+for value in string.gmatch(ARGV[1], '[^,]+') do args[#args + 1] = tonumber(value) end
 for i = 1, #KEYS do
-  local period, limit, delta = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
+  local period, limit, delta = args[3*i-2], args[3*i-1], args[3*i]
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
   tat = tat + delta * period / limit
@@ -153,13 +171,20 @@ return 1
 
 class RedisStore:
     """Buckets shared by every instance, in Redis: one connection pool per process, one round
-    trip per admission (EVALSHA of a Lua script)."""
+    trip per admission (EVALSHA of a Lua script). A request's settlement rides on its caller's
+    next admission, or goes with the others pending after `SETTLE_DELAY_S` (one pipeline)."""
+
+    #: How long a settlement waits for its caller's next admission before it is sent on its own.
+    SETTLE_DELAY_S = 0.25
 
     def __init__(self, settings: StoreSettings, environ: Mapping[str, str] = os.environ) -> None:
         import redis.asyncio as redis  # only a redis store pays for the import
 
         options: dict[str, Any] = {
-            "socket_timeout": settings.timeout_s,
+            # No socket timeout of redis-py's own: each admission and flush runs under an
+            # asyncio.timeout of `timeout_s` (redis-py drops a connection cancelled mid-command),
+            # and redis-py's would cost a task per command on Python 3.11 (asyncio.wait_for).
+            "socket_timeout": None,
             "socket_connect_timeout": settings.timeout_s,
             "max_connections": 256,
             "retry_on_timeout": False,
@@ -169,25 +194,72 @@ class RedisStore:
             options["password"] = environ.get(auth.variable)
         elif auth.type == "entra":
             options["credential_provider"] = _entra_credential_provider()
+        self._timeout_s = settings.timeout_s
         self._client = redis.Redis.from_url(settings.url or "", **options)
         self._admit = self._client.register_script(_ADMIT)
         self._settle = self._client.register_script(_SETTLE)
+        #: Settlements not sent yet: key -> (its bucket, tokens to add; negative gives back).
+        self._pending: dict[str, tuple[Bucket, int]] = {}
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def admit(self, keys: list[str], buckets: list[Bucket], costs: list[int]) -> Decision:
-        args: list[int] = []
-        for bucket, cost in zip(buckets, costs, strict=True):
-            args += (bucket.period_ms, bucket.limit, cost)
-        out = await self._admit(keys=keys, args=args)
-        numbers = [float(x) for x in out[1:]]
-        return Decision(int(out[0]) == 1, numbers[0::2], numbers[1::2])
+        pending = self._pending
+        deltas = [pending.pop(key)[1] if key in pending else 0 for key in keys]
+        argument = ",".join(
+            f"{b.period_ms},{b.limit},{cost},{delta}"
+            for b, cost, delta in zip(buckets, costs, deltas, strict=True)
+        )
+        try:
+            out = await self._admit(keys=keys, args=[argument])
+        except BaseException:
+            self.settle(keys, buckets, deltas)  # not applied: kept for the flush
+            raise
+        ok, *numbers = (float(x) for x in out.split(b","))
+        return Decision(ok == 1, numbers[0::2], numbers[1::2])
 
-    async def settle(self, keys: list[str], buckets: list[Bucket], deltas: list[int]) -> None:
-        args: list[int] = []
-        for bucket, delta in zip(buckets, deltas, strict=True):
-            args += (bucket.period_ms, bucket.limit, delta)
-        await self._settle(keys=keys, args=args)
+    def settle(self, keys: list[str], buckets: list[Bucket], deltas: list[int]) -> None:
+        for key, bucket, delta in zip(keys, buckets, deltas, strict=True):
+            if delta:
+                held = self._pending.get(key)
+                self._pending[key] = (bucket, delta + (held[1] if held else 0))
+        if self._pending and self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(self.SETTLE_DELAY_S, self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._flush_timer = None
+        task = asyncio.get_running_loop().create_task(self._flush())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self) -> None:
+        """Every pending settlement: one script call per caller (its keys share a cluster slot),
+        all in one pipeline."""
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        by_caller: dict[str, list[tuple[str, Bucket, int]]] = {}
+        for key, (bucket, delta) in pending.items():
+            by_caller.setdefault(key.rpartition(":")[0], []).append((key, bucket, delta))
+        try:
+            async with asyncio.timeout(self._timeout_s), self._client.pipeline(transaction=False) as pipe:
+                for entries in by_caller.values():
+                    argument = ",".join(f"{b.period_ms},{b.limit},{delta}" for _, b, delta in entries)
+                    await self._settle(keys=[key for key, _, _ in entries], args=[argument], client=pipe)
+                await pipe.execute()
+        except Exception as exc:
+            log.warning(
+                "the limits' store failed to settle %d callers' tokens (%s)",
+                len(by_caller),
+                type(exc).__name__,
+            )
 
     async def aclose(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._start_flush()
+        if self._flushes:
+            await asyncio.wait(self._flushes)
         await self._client.aclose()
 
 
@@ -211,6 +283,10 @@ class Admission:
     #: What was taken from each bucket (a request larger than a bucket takes all of it).
     costs: list[int] = field(default_factory=list)
     settled: bool = False
+    #: Whether the store has admitted it yet (an early start: see `CallerLimits.has_headroom`).
+    decided: bool = True
+    #: What the request used, when it ended before its admission was decided: settled then.
+    used_early: int | None = None
 
 
 class CallerLimits:
@@ -223,11 +299,14 @@ class CallerLimits:
         self._store = store
         self._clock = clock
         self._down_until = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
         #: Admissions served without the store (`on_store_error: allow`), for operators.
         self.store_errors = 0
         self.observer = _Settler(self)
         self._buckets: dict[frozenset[str], list[Bucket]] = {}
+        #: Per caller, after its last admission here: (when, the fullest bucket's share used).
+        self._last_seen: dict[str, tuple[float, float]] = {}
+        #: Whether requests may start while their admission's round trip is on its way.
+        self.early_start = isinstance(store, RedisStore)
 
     @classmethod
     def create(cls, settings: LimitsSettings, environ: Mapping[str, str] = os.environ) -> CallerLimits:
@@ -259,19 +338,47 @@ class CallerLimits:
         """Take one request and `prompt_tokens` from each of the caller's buckets, or refuse
         with 429 (`CallerLimitError`). The admission goes on `caller` for the observer that
         settles it."""
+        admission = self.reserve(caller, prompt_tokens)
+        await self.decide(admission)
+        return admission
+
+    def reserve(self, caller: Caller, prompt_tokens: int) -> Admission:
+        """What `admit` will take (not decided yet), on `caller`: a request that ends before
+        its admission is decided is settled then."""
         buckets = self.buckets(caller)
         if not buckets:
             return Admission({}, 0, settled=True)
-        # A hash tag keeps a caller's keys in one slot of a Redis cluster (one script, many keys).
-        tag = caller.id.replace("{", "(").replace("}", ")")
-        keys = [f"gateway:limits:{{{tag}}}:{b.name}" for b in buckets]
+        keys = [_key(caller, b) for b in buckets]
         costs = [1 if b.name == "requests" else min(prompt_tokens, b.limit) for b in buckets]
-        decision = await self._decide(keys, buckets, costs)
+        admission = Admission({}, prompt_tokens, keys, buckets, costs, decided=False)
+        caller.admission = admission
+        return admission
+
+    async def decide(self, admission: Admission) -> None:
+        """The store's decision on a reserved admission: its headers, or 429 (nothing taken)."""
+        if admission.decided:
+            return
+        keys, buckets = admission.keys, admission.buckets
+        try:
+            decision = await self._decide(keys, buckets, admission.costs)
+        except BaseException:
+            admission.settled = True  # nothing was taken
+            raise
+        admission.decided = True
         if decision is None:
-            return Admission({}, 0, settled=True)
+            admission.settled = True  # served without limits: nothing to settle
+            return
         debts = decision.debts_after_ms if decision.admitted else decision.debts_before_ms
-        headers = _headers(buckets, debts)
+        admission.headers = headers = _headers(buckets, debts)
+        now = self._clock()
+        self._last_seen[keys[0]] = (
+            now,
+            max(debt / b.period_ms for debt, b in zip(debts, buckets, strict=True)),
+        )
+        if len(self._last_seen) >= MAX_CALLERS_SEEN:
+            self._last_seen.clear()  # forgetting costs the next requests a wait, nothing more
         if not decision.admitted:
+            admission.settled = True
             refusing = [
                 (after - b.period_ms, b)
                 for b, after in zip(buckets, decision.debts_after_ms, strict=True)
@@ -279,9 +386,22 @@ class CallerLimits:
             ]
             wait_ms, bucket = max(refusing, key=lambda item: item[0])
             raise _over_limit(bucket, wait_ms, headers)
-        admission = Admission(headers, prompt_tokens, keys, buckets, costs)
-        caller.admission = admission
-        return admission
+        if admission.used_early is not None:
+            self.settle(admission, admission.used_early)
+
+    def has_headroom(self, caller: Caller) -> bool:
+        """Whether this caller's request may start before its admission is decided: with a
+        shared store only, when its last admission here, less than `HEADROOM_FRESH_S` ago, left
+        every bucket less than half full. Its answer still waits for the admission, and a
+        refusal cancels the call (the store's count is the one that decides); the early start
+        only spares a caller well inside its limits the store's round trip."""
+        if not self.early_start:
+            return False
+        buckets = self.buckets(caller)
+        if not buckets:
+            return False
+        seen = self._last_seen.get(_key(caller, buckets[0]))
+        return seen is not None and self._clock() - seen[0] < HEADROOM_FRESH_S and seen[1] < 0.5
 
     async def _decide(self, keys: list[str], buckets: list[Bucket], costs: list[int]) -> Decision | None:
         """The store's decision; None when it is down and `on_store_error` is `allow`."""
@@ -307,8 +427,11 @@ class CallerLimits:
         return None
 
     def settle(self, admission: Admission, used_tokens: int) -> None:
-        """Replace the reservation with what the request used (once)."""
+        """Replace the reservation with what the request used (once; once decided)."""
         if admission.settled:
+            return
+        if not admission.decided:
+            admission.used_early = used_tokens
             return
         admission.settled = True
         tokens = [
@@ -319,20 +442,9 @@ class CallerLimits:
         if not tokens:
             return
         keys, buckets, deltas = [t[0] for t in tokens], [t[1] for t in tokens], [t[2] for t in tokens]
-        task = asyncio.get_running_loop().create_task(self._settle(keys, buckets, deltas))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _settle(self, keys: list[str], buckets: list[Bucket], deltas: list[int]) -> None:
-        try:
-            async with asyncio.timeout(self._settings.store.timeout_s):
-                await self._store.settle(keys, buckets, deltas)
-        except Exception as exc:
-            log.warning("the limits' store failed to settle a request's tokens (%s)", type(exc).__name__)
+        self._store.settle(keys, buckets, deltas)
 
     async def aclose(self) -> None:
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self._settings.store.timeout_s)
         await self._store.aclose()
 
 
@@ -347,6 +459,12 @@ class _Settler(Observer):
         admission = caller.admission if caller is not None else None
         if isinstance(admission, Admission) and not admission.settled:
             self._limits.settle(admission, used_tokens(exchange, admission, error))
+
+
+def _key(caller: Caller, bucket: Bucket) -> str:
+    # A hash tag keeps a caller's keys in one slot of a Redis cluster (one script, many keys).
+    tag = caller.id.replace("{", "(").replace("}", ")")
+    return f"gateway:limits:{{{tag}}}:{bucket.name}"
 
 
 def used_tokens(exchange: Exchange, admission: Admission, error: BaseException | None) -> int:
@@ -411,7 +529,7 @@ def duration(ms: float) -> str:
     return text
 
 
-def _over_limit(bucket: Bucket, wait_ms: float, headers: dict[str, str]) -> GatewayError:
+def _over_limit(bucket: Bucket, wait_ms: float, headers: dict[str, str]) -> CallerLimitError:
     retry_after = max(1, math.ceil(wait_ms / 1000))
     what = {
         "requests": f"{bucket.limit} requests per minute",
@@ -422,6 +540,9 @@ def _over_limit(bucket: Bucket, wait_ms: float, headers: dict[str, str]) -> Gate
         f"You are over your limit of {what} on this gateway; retry in {retry_after} s.",
         code="insufficient_quota" if bucket.name == "tokens_day" else "rate_limit_exceeded",
         headers={**headers, "Retry-After": str(retry_after)},
+    )
+    error.limit = {"requests": "requests_per_minute", "tokens": "tokens_per_minute"}.get(
+        bucket.name, "tokens_per_day"
     )
     if bucket.name == "tokens_day":
         error.type = "insufficient_quota"

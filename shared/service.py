@@ -12,7 +12,14 @@ from .callers import Caller
 from .chat import ChatRequest, chat_completion
 from .config import EndpointConfig, GatewayConfig, load_config
 from .credentials import Credential, Credentials
-from .errors import GatewayError, ModelNotFoundError, ResponseFormatError, UpstreamError, UpstreamTimeoutError
+from .errors import (
+    CallerLimitError,
+    GatewayError,
+    ModelNotFoundError,
+    ResponseFormatError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
 from .formatters import ChatResult
 from .ids import completion_id, response_id
 from .limits import CallerLimits
@@ -181,6 +188,14 @@ class Gateway:
         exchange.response_id = completion_id() if operation == "chat" else response_id()
         self._observer.request_started(exchange)
         return endpoint, exchange
+
+    def caller_refused(
+        self, request: ChatRequest, operation: str, caller: Caller, error: CallerLimitError
+    ) -> None:
+        """Tell observers of a request its caller's limits refused before it started."""
+        model = request.model or self.config.default_model or ""
+        exchange = Exchange(operation, model, request.stream, current_request_id(), caller=caller)
+        self._observer.limit_rejected(exchange, error.limit, error)
 
     async def aclose(self) -> None:
         await self._transport.aclose()

@@ -9,16 +9,26 @@ import logging
 import math
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
 
+from emulator import Fault
 from shared.asgi import server_command
-from shared.callers import Caller, LimitsSettings
+from shared.callers import Caller, LimitsSettings, StoreSettings
 from shared.errors import CallerLimitError
-from shared.limits import RATE_LIMIT_HEADERS, CallerLimits, MemoryStore, duration, estimate_tokens
+from shared.limits import (
+    RATE_LIMIT_HEADERS,
+    Bucket,
+    CallerLimits,
+    MemoryStore,
+    RedisStore,
+    duration,
+    estimate_tokens,
+)
 
 from .client import assert_openai_error, post, stream
 from .conftest import emulator_config
@@ -238,12 +248,82 @@ async def test_redis_token_limits_settle_with_usage(emulator, start_gateway, red
     )
     first_gateway, second_gateway = start_gateway(config), start_gateway(config)
     body = {"model": "mistral-large", "messages": [{"role": "user", "content": "Count the tokens, please"}]}
+    estimate = estimate_tokens(len(_json(body)))
     first = await post(first_gateway, body)
     used = first.json()["usage"]["total_tokens"]
-    await asyncio.sleep(0.1)  # the settlement is sent after the answer
+    # The same process's next admission takes the settlement along: no wait.
+    again = await post(first_gateway, body)
+    assert abs(remaining(again, "tokens") - (limit - used - estimate)) <= 1
+    # Another process sees it once the first has sent what no admission of its took along.
+    waited = time.monotonic()
+    await asyncio.sleep(RedisStore.SETTLE_DELAY_S + 0.25)
     second = await post(second_gateway, body)
-    estimate = estimate_tokens(len(_json(body)))
-    assert abs(remaining(second, "tokens") - (limit - used - estimate)) <= 1
+    refilled = limit * (time.monotonic() - waited) / 86_400  # the day's bucket fills as time passes
+    assert abs(remaining(second, "tokens") - (limit - 2 * used - estimate)) <= 1 + refilled
+
+
+async def test_a_pending_settlement_applies_even_when_the_admission_refuses(redis_server):
+    store = RedisStore(StoreSettings(type="redis", url=redis_server.url, timeout_s=1))
+    bucket, key = Bucket("tokens", 60_000, 100), "gateway:limits:{c}:tokens"
+    try:
+        assert (await store.admit([key], [bucket], [90])).admitted
+        store.settle([key], [bucket], [-80])  # used 10 of the 90 reserved
+        refused = await store.admit([key], [bucket], [95])
+        # 10 left in the bucket after the settlement (not 90): 95 more would overfill it.
+        assert not refused.admitted and refused.debts_before_ms[0] == pytest.approx(6_000, abs=50)
+        assert (await store.admit([key], [bucket], [85])).admitted
+        # No admission takes this one along: the flush sends it.
+        store.settle([key], [bucket], [-85])
+        settled = time.monotonic()
+        await asyncio.sleep(RedisStore.SETTLE_DELAY_S + 0.2)
+        debt = (await store.admit([key], [bucket], [0])).debts_before_ms[0]
+        assert debt == pytest.approx(6_000 - (time.monotonic() - settled) * 1000, abs=100)
+        # A settlement pending at close is sent before the connection pool closes.
+        store.settle([key], [bucket], [-10])
+    finally:
+        await store.aclose()
+    check = RedisStore(StoreSettings(type="redis", url=redis_server.url, timeout_s=1))
+    try:
+        assert (await check.admit([key], [bucket], [0])).debts_before_ms[0] == pytest.approx(0, abs=150)
+    finally:
+        await check.aclose()
+
+
+async def test_a_caller_well_inside_its_limits_starts_before_its_admission_but_a_refusal_still_wins(
+    emulator, start_gateway, redis_server
+):
+    config = emulator_config(
+        emulator[1], callers={"limits": redis_limits(redis_server.url, requests_per_minute=100)}
+    )
+    gateway = start_gateway(config)
+    assert (await post(gateway)).status == 200  # 1 of 100 used: the next one may start early
+    # Other instances spend the rest of the minute meanwhile (this one has not seen it).
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    seconds, microseconds = await client.time()
+    full = seconds * 1000 + microseconds / 1000 + 60_000  # a full bucket: a minute's worth owed
+    await client.set("gateway:limits:{anonymous}:requests", f"{full:.3f}", px=60_000)
+    await client.aclose()
+    emulator[0].add_fault(Fault(latency_s=2))  # the endpoint is slow: the call is on its way
+    started = time.monotonic()
+    refused = await post(gateway)
+    assert refused.status == 429 and refused.headers["Retry-After"].isdigit()
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert time.monotonic() - started < 1  # the call to the endpoint was cancelled, not awaited
+    assert len(emulator[0].requests) == 2  # it had started: the early start's price
+
+
+async def test_a_request_that_ends_before_its_admission_is_settled_when_it_is_decided():
+    limits = CallerLimits(LimitsSettings(tokens_per_minute=1000), MemoryStore())
+    caller = Caller("c")
+    admission = limits.reserve(caller, 400)
+    limits.settle(admission, 100)  # the request is over: used 100 of the 400 estimated
+    assert not admission.settled
+    await limits.decide(admission)
+    assert admission.settled
+    # 100 taken, not 400: 900 left.
+    assert (await limits.admit(Caller("c"), 0)).headers["x-ratelimit-remaining-tokens"] == "900"
 
 
 @pytest.mark.parametrize("on_store_error", ["allow", "deny"])

@@ -188,6 +188,15 @@ async def test_a_fallback_is_counted_and_spans_name_both_endpoints(emulator, tel
     assert recorded.server().attributes["gateway.endpoint"] == "llama-chat"
 
 
+async def test_a_callers_limit_refusal_is_counted(emulator, telemetry):
+    limits = {"requests_per_minute": 1}
+    base, recorded = telemetry(_config(emulator[1], callers={"limits": limits}))
+    assert (await post(base)).status == 200
+    assert (await post(base)).status == 429
+    rejections = recorded.points("gateway.limit.rejections")
+    assert [(attrs, p.value) for attrs, p in rejections] == [({"gateway.limit": "requests_per_minute"}, 1)]
+
+
 async def test_a_429_sets_error_type_on_both_spans(emulator, telemetry):
     base, recorded = telemetry(_config(emulator[1]))
     emulator[0].add_fault(Fault(status=429, retry_after="1"))

@@ -29,6 +29,8 @@ NOT_FROM_AZURE = {
     "MSI_ENDPOINT": "legacy name of IDENTITY_ENDPOINT, also set by the platform",
     "OTEL_EXPORTER_OTLP_ENDPOINT": "telemetry to an OTLP collector (local server, containers); Azure uses Application Insights",
     "OTEL_SERVICE_NAME": "the service name on telemetry; in Azure the default names the gateway",
+    "OTEL_TRACES_SAMPLER": "trace sampling; the default (about 5 new traces a second) needs no setting",
+    "OTEL_TRACES_SAMPLER_ARG": "the sampler's argument, with OTEL_TRACES_SAMPLER",
 }
 
 # Read by the Functions platform, not by the gateway's code.
