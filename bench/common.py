@@ -134,10 +134,21 @@ def start_shaped_upstream(cpu: int | None = 0) -> Server:
     return Server("shaped upstream", command, port, "/health", {"EMULATOR_KEY": KEY})
 
 
-def start_floor(upstream: str, cpu: int | None = 1) -> Server:
-    """bench/floor_proxy.py forwarding to `upstream` + /v1/chat/completions."""
+def start_floor(upstream: str, cpu: int | None = 1, loop: str = "uvloop") -> Server:
+    """bench/floor_proxy.py forwarding to `upstream` + /v1/chat/completions, on `loop` (uvloop:
+    the gateway's; asyncio: the default loop, for comparison)."""
     port = free_port()
-    command = [*pin(cpu), PYTHON, "bench/floor_proxy.py", "--port", str(port), "--upstream", upstream]
+    command = [
+        *pin(cpu),
+        PYTHON,
+        "bench/floor_proxy.py",
+        "--port",
+        str(port),
+        "--upstream",
+        upstream,
+        "--loop",
+        loop,
+    ]
     return Server("floor", command, port, "/api/health", {"EMULATOR_KEY": KEY})
 
 

@@ -4,6 +4,11 @@ An aiohttp server with one pooled client session: read the body, parse the JSON,
 messages, serialize it again, forward it with the key, and return the answer (a stream is copied
 chunk by chunk). No configuration, no formatters, no errors worth the name.
 
+A fair floor: the gateway's event loop (uvloop, which uvicorn picks when it is installed, as it is
+with requirements.txt), an llhttp-based parser on both sides (aiohttp's C parser; httptools in
+uvicorn), and the gateway's upstream pool (one session, no pool-wide cap, DNS cached 300 s, no
+cookie jar). `--loop asyncio` runs it on asyncio's default loop, for comparison only.
+
     EMULATOR_KEY=... python bench/floor_proxy.py --port 7073 --upstream http://127.0.0.1:7072
 """
 
@@ -23,7 +28,10 @@ def build_app(upstream: str, key: str) -> web.Application:
     app = web.Application()
 
     async def session_context(app: web.Application):
-        app["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        # The gateway's pool (shared/transport.py): no pool-wide cap, DNS cached, no cookie jar.
+        app["session"] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300), cookie_jar=aiohttp.DummyCookieJar()
+        )
         yield
         await app["session"].close()
 
@@ -61,9 +69,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=7073)
     parser.add_argument("--upstream", required=True)
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     args = parser.parse_args()
+    loop = None
+    if args.loop == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
     web.run_app(
         build_app(args.upstream, os.environ["EMULATOR_KEY"]),
+        loop=loop,
         host="127.0.0.1",
         port=args.port,
         backlog=2048,

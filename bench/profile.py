@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (  # noqa: E402
     LATEST,
     Server,
+    pin,
     start_emulator,
     start_floor,
     start_gateway,
@@ -43,11 +44,33 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("JSON", ("json/", "shared/codec.py", "orjson")),
     ("validation", ("pydantic", "shared/chat.py", "shared/url_forms.py")),
     ("formatting", ("shared/formatters.py", "shared/routing.py", "shared/responses.py")),
-    ("upstream client", ("aiohttp/client", "aiohttp/connector", "aiohttp/streams", "aiohttp/http_parser",
-                         "aiohttp/helpers", "aiohttp/multidict", "multidict", "yarl/", "shared/transport.py")),
+    (
+        "upstream client",
+        (
+            "aiohttp/client",
+            "aiohttp/connector",
+            "aiohttp/streams",
+            "aiohttp/http_parser",
+            "aiohttp/helpers",
+            "aiohttp/multidict",
+            "multidict",
+            "yarl/",
+            "shared/transport.py",
+        ),
+    ),
     ("framework (Starlette / aiohttp.web)", ("starlette/", "aiohttp/web")),
-    ("server (uvicorn / aiohttp's)", ("uvicorn/", "httptools", "shared/uvicorn_protocol.py", "shared/asgi.py",
-                                      "shared/guard.py", "aiohttp/base_protocol", "aiohttp/http_writer")),
+    (
+        "server (uvicorn / aiohttp's)",
+        (
+            "uvicorn/",
+            "httptools",
+            "shared/uvicorn_protocol.py",
+            "shared/asgi.py",
+            "shared/guard.py",
+            "aiohttp/base_protocol",
+            "aiohttp/http_writer",
+        ),
+    ),
     ("gateway pipeline", ("shared/",)),
     ("event loop", ("asyncio/", "uvloop")),
 ]
@@ -65,8 +88,17 @@ def part_of(stack: str) -> str:
     return "other"
 
 
-def profile(server: Server, url: str, body: dict, headers: dict, seconds: int) -> dict:
-    """wrk at 32 connections against `url` while py-spy samples `server`."""
+def profile(
+    server: Server,
+    url: str,
+    body: dict,
+    headers: dict,
+    seconds: int,
+    keep_raw: Path | None = None,
+    connections: int = 32,
+) -> dict:
+    """wrk at `connections` against `url` while py-spy samples `server` (its raw samples are
+    copied to `keep_raw` when given)."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
@@ -75,20 +107,37 @@ def profile(server: Server, url: str, body: dict, headers: dict, seconds: int) -
             f'wrk.method = "POST"\nwrk.body = [[{json.dumps(body)}]]\n'
             f'wrk.headers["Content-Type"] = "application/json"\n{auth}'
         )
-        wrk = ["taskset", "-c", "0", "wrk", "-t1", "-c32", "-s", str(script), url]
+        wrk = [*pin(0), "wrk", "-t1", f"-c{connections}", "-s", str(script), url]
         subprocess.run([*wrk[:4], "-d2s", *wrk[4:]], capture_output=True, check=True)  # warm-up
         raw = Path(tmp) / "profile.txt"
         sampler = subprocess.Popen(
-            [py_spy, "record", "--format", "raw", "--rate", "500", "--nonblocking",
-             "--pid", str(server.pid), "--output", str(raw), "--duration", str(seconds + 1)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                py_spy,
+                "record",
+                "--format",
+                "raw",
+                "--rate",
+                "500",
+                "--nonblocking",
+                "--pid",
+                str(server.pid),
+                "--output",
+                str(raw),
+                "--duration",
+                str(seconds + 1),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         time.sleep(0.5)
         cpu_before = server.cpu_seconds()
-        output = subprocess.run([*wrk[:4], f"-d{seconds}s", *wrk[4:]], capture_output=True, text=True, check=True)
+        output = subprocess.run(
+            [*wrk[:4], f"-d{seconds}s", *wrk[4:]], capture_output=True, text=True, check=True
+        )
         cpu = server.cpu_seconds() - cpu_before
         sampler.wait(timeout=seconds + 30)
-        shutil.copy(raw, LATEST / f"profile-{server.port}.txt")
+        if keep_raw is not None:
+            shutil.copy(raw, keep_raw)
         counts: collections.Counter[str] = collections.Counter()
         for line in raw.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
@@ -122,10 +171,16 @@ def table(profiles: dict[str, dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--telemetry", action="store_true", help="also profile a gateway with telemetry on")
-    parser.add_argument("--callers", choices=("memory", "redis"), help="also profile one with callers' limits")
+    parser.add_argument(
+        "--callers", choices=("memory", "redis"), help="also profile one with callers' limits"
+    )
     args = parser.parse_args()
-    body = {"model": "serverless", "messages": [{"role": "user", "content": "Hello there, how are you today?"}]}
+    body = {
+        "model": "serverless",
+        "messages": [{"role": "user", "content": "Hello there, how are you today?"}],
+    }
     servers: list[Server] = []
     try:
         emulator = start_emulator(cpu=0)
@@ -155,7 +210,10 @@ def main() -> None:
         LATEST.mkdir(parents=True, exist_ok=True)
         for name, (server, headers) in runs.items():
             url = f"{server.url}/api/v1/chat/completions"
-            profiles[name] = profile(server, url, body, headers, args.seconds)
+            raw = LATEST / f"profile-{name.replace(' ', '-')}.txt"
+            profiles[name] = profile(
+                server, url, body, headers, args.seconds, keep_raw=raw, connections=args.connections
+            )
         print(table(profiles))
         LATEST.mkdir(parents=True, exist_ok=True)
         (LATEST / "profile.json").write_text(json.dumps(profiles, indent=2) + "\n")

@@ -41,7 +41,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import streaming, vault_reads  # noqa: E402
+from bench import profile, streaming, vault_reads  # noqa: E402
 from bench.common import (  # noqa: E402
     GROUP,
     KEY,
@@ -341,6 +341,11 @@ def chart(throughput: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def capacity(idle_mb: float, kb_per_stream: float, instance_mb: int) -> int:
+    """Open streams an instance of `instance_mb` holds by memory, keeping a quarter for the rest."""
+    return int((instance_mb * 0.75 - idle_mb) * 1024 / max(kb_per_stream, 1))
+
+
 def table(result: dict) -> str:
     seq, thr, stream, mem = (
         result["sequential_ms"],
@@ -383,10 +388,20 @@ def table(result: dict) -> str:
         "",
         *streaming.shape_rows(stream["shapes"]),
         "",
-        "| memory (MB) | idle | peak at 256 connections | 1,000 open streams |",
-        "| --- | --- | --- | --- |",
-        f"| floor | {mem['floor']['idle']} | {mem['floor']['peak_load']} | — |",
-        f"| gateway | {mem['gateway']['idle']} | {mem['gateway']['peak_load']} | {mem['gateway']['open_streams_1000']} |",
+        "| memory (MB) | idle | peak at 256 connections | 100 open streams | 1,000 open streams |",
+        "| --- | --- | --- | --- | --- |",
+        f"| floor | {mem['floor']['idle']} | {mem['floor']['peak_load']} | — | — |",
+        f"| gateway | {mem['gateway']['idle']} | {mem['gateway']['peak_load']} | {mem['gateway']['open_streams_100']} "
+        f"| {mem['gateway']['open_streams_1000']} |",
+        "",
+        f"Open streams: {ratios['rss_kb_per_open_stream']} KB of RSS each (from 100 to 1,000 open). By memory, "
+        f"an instance of 2 GB would hold about {capacity(mem['gateway']['idle'], ratios['rss_kb_per_open_stream'], 2048):,} "
+        f"open streams and one of 4 GB about {capacity(mem['gateway']['idle'], ratios['rss_kb_per_open_stream'], 4096):,}; "
+        "the default limits stop well before: `max_concurrency` 128 per endpoint, `local_server.max_connections` 2,048.",
+        "",
+        "CPU per request at 32 connections, by part of the stack (py-spy samples; bench/profile.py):",
+        "",
+        profile.table(result["profile_32"]),
         "",
         f"Cold start: `import function_app` {result['cold_start']['imports']['function_app']} ms above a bare "
         f"interpreter; first answered request {result['cold_start']['first_answer_ms']} ms after starting the server.",
@@ -394,19 +409,25 @@ def table(result: dict) -> str:
         "",
         "| target (ratio gateway / floor) | measured | goal |",
         "| --- | --- | --- |",
-        f"| sequential overhead p50 | {ratios['sequential_overhead']} | ≤ 1.3 |",
+        f"| sequential overhead p50 | {ratios['sequential_overhead']} | ≤ 1.2 |",
         *(
             f"| throughput at {conns} (median of {len(pair['ratios'])} alternating pairs: "
             f"{', '.join(str(r) for r in pair['ratios'])}; {pair['errors']} errors) | {pair['ratio']} | ≥ 0.8 |"
             for conns, pair in result["throughput_paired"].items()
         ),
+        *(
+            f"| against the asyncio-loop floor (the former one): throughput at {conns} (median of "
+            f"{len(pair['ratios'])} alternating pairs: {', '.join(str(r) for r in pair['ratios'])}) | {pair['ratio']} | — |"
+            for conns, pair in result["asyncio_floor_throughput_paired"].items()
+        ),
+        f"| against the asyncio-loop floor: sequential overhead | {ratios['sequential_overhead_vs_asyncio_floor']} | — |",
         f"| stream first-chunk overhead, emulator's pace | {ratios['stream_ttfc_overhead']} | ≤ 1.3 |",
         *(
             f"| stream first-chunk overhead, {shape} | {ratios[f'stream_ttfc_overhead_{shape}']} | ≤ 1.3 |"
             for shape in stream["shapes"]
         ),
         f"| peak RSS under load | {ratios['peak_rss']} | ≤ 2 |",
-        f"| cold import of function_app (s) | {result['cold_start']['imports']['function_app'] / 1000:.2f} | ≤ 1.5 |",
+        f"| cold import of function_app (s) | {result['cold_start']['imports']['function_app'] / 1000:.2f} | ≤ 0.6 |",
         *variant_rows(result),
     ]
     return "\n".join(lines) + "\n"
@@ -501,7 +522,9 @@ def main() -> None:
         gateway = start_gateway(emulator.url, cpu=1, shaped_upstream=shaped.url)
         servers.append(gateway)
         floor = start_floor(emulator.url, cpu=1)
-        servers.append(floor)
+        # The floor on asyncio's default loop: the former floor, a labelled comparison only.
+        floor_asyncio = start_floor(emulator.url, cpu=1, loop="asyncio")
+        servers += [floor, floor_asyncio]
         shape_floors = {shape: start_floor(f"{shaped.url}/{shape}", cpu=1) for shape in STREAM_SHAPES}
         servers += shape_floors.values()
         slow_gateway = start_gateway(slow_emulator.url, cpu=1)
@@ -539,6 +562,7 @@ def main() -> None:
         pin_self(0)
         named = targets(emulator, floor, gateway)
         variants = variant_targets(gateway, callers_gateways, tenant.token)
+        variants["floor_asyncio"] = (f"{floor_asyncio.url}/api/v1/chat/completions", BODY, {})
         variants["telemetry"] = (f"{telemetry_gateway.url}/api/v1/chat/completions", BODY, {})
         variants["telemetry_every_trace"] = (f"{every_trace_gateway.url}/api/v1/chat/completions", BODY, {})
         seq = asyncio.run(sequential({**named, **variants}, 30, rounds, 30))
@@ -574,6 +598,15 @@ def main() -> None:
             other="telemetry",
             concurrency=GROUP_CONCURRENCY,
         )
+        asyncio_floor_paired = paired_throughput(
+            {**named, **variants},
+            {**server_of, "floor_asyncio": floor_asyncio},
+            seconds,
+            pairs,
+            base="floor_asyncio",
+            other="gateway",
+            concurrency=GROUP_CONCURRENCY,
+        )
         every_trace_paired = paired_throughput(
             {**named, **variants},
             {**server_of, "telemetry_every_trace": every_trace_gateway},
@@ -587,9 +620,14 @@ def main() -> None:
         stream["shapes"] = asyncio.run(
             streaming.shape_figures(shaped, shape_floors, gateway, **shape_sampling)
         )
+        memory["gateway"]["open_streams_100"] = asyncio.run(open_streams(slow_gateway.url, 100, slow_gateway))
         memory["gateway"]["open_streams_1000"] = asyncio.run(
             open_streams(slow_gateway.url, 1000, slow_gateway)
         )
+        cpu_profile = {
+            name: profile.profile(server, f"{server.url}/api/v1/chat/completions", BODY, {}, seconds)
+            for name, server in (("floor", floor), ("gateway", gateway))
+        }
     finally:
         for server in servers:
             server.stop()
@@ -613,6 +651,8 @@ def main() -> None:
         "throughput_paired": paired,
         "group_throughput_paired": group_paired,
         "telemetry_throughput_paired": telemetry_paired,
+        "asyncio_floor_throughput_paired": asyncio_floor_paired,
+        "profile_32": cpu_profile,
         "telemetry_every_trace_throughput_paired": every_trace_paired,
         "redis_store": "measured" if "callers_redis" in seq else "skipped: no redis-server",
         "streaming": stream,
@@ -622,6 +662,9 @@ def main() -> None:
     }
     result["ratios"] = {
         "sequential_overhead": round(seq["gateway"]["overhead_paired"] / seq["floor"]["overhead_paired"], 2),
+        "sequential_overhead_vs_asyncio_floor": round(
+            seq["gateway"]["overhead_paired"] / seq["floor_asyncio"]["overhead_paired"], 2
+        ),
         "throughput_32": paired["32"]["ratio"],
         "throughput_256": paired["256"]["ratio"],
         "stream_ttfc_overhead": round(
@@ -629,6 +672,9 @@ def main() -> None:
         ),
         **{f"stream_ttfc_overhead_{shape}": row["ttfc_ratio"] for shape, row in stream["shapes"].items()},
         "peak_rss": round(memory["gateway"]["peak_load"] / memory["floor"]["peak_load"], 2),
+        "rss_kb_per_open_stream": round(
+            (memory["gateway"]["open_streams_1000"] - memory["gateway"]["open_streams_100"]) * 1024 / 900, 1
+        ),
         **{
             f"sequential_overhead_{name}": round(
                 seq[name]["overhead_paired"] / seq["floor"]["overhead_paired"], 2

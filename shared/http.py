@@ -32,7 +32,6 @@ from .errors import (
 )
 from .limits import estimate_tokens
 from .logs import bind_request_id, get_logger
-from .openapi import openapi_document
 from .responses import parse_responses_request
 from .service import Gateway
 from .sse import SSE_HEADERS
@@ -214,6 +213,8 @@ class GatewayApi:
     async def _openapi(self, request: Request) -> Response:
         await self.callers.authenticate(request.headers)
         if self._openapi_document is None:
+            from .openapi import openapi_document  # its models cost a cold start 30 ms: built when asked
+
             self._openapi_document = dumps(openapi_document())
         return Response(self._openapi_document, media_type="application/json")
 
