@@ -12,7 +12,7 @@ from azurefunctions.extensions.http.fastapi import Request, Response
 
 from shared.http import GatewayApi
 from shared.routes import ROUTES, Route
-from shared.runtime import tune_gc
+from shared.runtime import tune_gc, warm_up
 from shared.telemetry import host_records_requests
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -43,3 +43,4 @@ for _route in ROUTES:
     )
 
 tune_gc()  # after everything above is created: see shared/runtime.py
+warm_up(api.gateway.modules_to_warm())  # what the first request imports, while the host starts

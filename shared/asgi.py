@@ -33,7 +33,7 @@ from .http import REQUEST_ID_HEADER, GatewayApi, error_response, internal_error_
 from .limits import RATE_LIMIT_HEADERS
 from .logs import bind_request_id
 from .routes import ROUTES, describe_routes
-from .runtime import tune_gc
+from .runtime import tune_gc, warm_up
 from .uvicorn_protocol import LIMITS_STATE_KEY
 
 #: The example front-end: streams an answer with plain fetch and SSE parsing.
@@ -78,6 +78,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> ASGIApp:
         raise SystemExit(1) from None
     app = build_app(api)
     tune_gc()
+    warm_up(api.gateway.modules_to_warm())
     return app
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .codec import loads
@@ -29,6 +28,7 @@ from .errors import InsufficientScopeError, InvalidTokenError, SigningKeysUnavai
 from .logs import get_logger
 
 if TYPE_CHECKING:
+    import aiohttp
     import jwt
 
 log = get_logger("gateway.callers")
@@ -166,8 +166,10 @@ class CallerAuth:
 
 class EntraAuth(CallerAuth):
     def __init__(self, settings: EntraCallers, *, clock: Any = time.monotonic) -> None:
-        # PyJWT and cryptography (80 ms of a cold start): imported only when callers sign in.
-        global jwt
+        # PyJWT and cryptography (80 ms of a cold start): imported only when callers sign in,
+        # and aiohttp, which fetches their signing keys.
+        global aiohttp, jwt
+        import aiohttp
         import jwt
 
         self._settings = settings

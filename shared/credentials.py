@@ -145,6 +145,8 @@ class CredentialProvider:
     settings: ClassVar[type[AuthSettings]]
     #: Whether fetching again after the endpoint refused the value can give a different one.
     refreshable: ClassVar[bool] = True
+    #: Modules its first fetch imports, warmed in the background after start-up.
+    modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, context: ProviderContext) -> None:
         self._context = context
@@ -235,6 +237,7 @@ class KeyVaultKeys(CredentialProvider):
     """Endpoint keys kept as Key Vault secrets, read with `SecretClient` and cached."""
 
     settings = KeyVaultAuth
+    modules = ("azure.keyvault.secrets.aio", "azure.identity.aio")
 
     def __init__(self, context: ProviderContext) -> None:
         super().__init__(context)
@@ -326,6 +329,7 @@ class EntraTokens(CredentialProvider):
     """Microsoft Entra ID tokens for keyless endpoints, from the app's identity, cached."""
 
     settings = EntraAuth
+    modules = ("azure.identity.aio",)
 
     async def fetch(self, name: str) -> Expiring:
         timeout_s = self._context.settings.timeout_s

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import importlib
+import threading
+from collections.abc import Iterable
 
 #: Container allocations between two collections of the youngest generation (Python's default
 #: is 700). The older generations keep their default ratios.
@@ -22,3 +26,21 @@ def tune_gc() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_GENERATION_THRESHOLD, middle, old)
+
+
+def warm_up(modules: Iterable[str]) -> threading.Thread:
+    """Import `modules` on a background thread: what the first request needs and the start-up
+    does not (aiohttp, the Azure SDKs of the configured credentials). Every scale-out pays the
+    start-up's imports before it can take a request; these then load while the host finishes
+    starting. A request that comes first waits for the rest of the import (Python's import
+    lock), never for a second one."""
+
+    def run() -> None:
+        for name in modules:
+            # A module that fails here fails again for the request that needs it, which reports.
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    thread = threading.Thread(target=run, name="gateway-warm-up", daemon=True)
+    thread.start()
+    return thread

@@ -11,7 +11,7 @@ from .api_type import ApiType
 from .callers import Caller
 from .chat import ChatRequest, chat_completion
 from .config import EndpointConfig, GatewayConfig, load_config
-from .credentials import Credential, Credentials
+from .credentials import PROVIDERS, Credential, Credentials
 from .errors import (
     CallerLimitError,
     GatewayError,
@@ -188,6 +188,14 @@ class Gateway:
         exchange.response_id = completion_id() if operation == "chat" else response_id()
         self._observer.request_started(exchange)
         return endpoint, exchange
+
+    def modules_to_warm(self) -> list[str]:
+        """What the first request imports that the start-up did not: aiohttp, and the Azure
+        SDKs of the configured credentials."""
+        needed = dict.fromkeys(["aiohttp"])
+        for endpoint in self.config.endpoints:
+            needed.update(dict.fromkeys(PROVIDERS[endpoint.auth.type].modules))
+        return list(needed)
 
     def caller_refused(
         self, request: ChatRequest, operation: str, caller: Caller, error: CallerLimitError

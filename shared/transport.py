@@ -14,14 +14,15 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
-
-import aiohttp
 
 from .config import DEFAULT_MAX_RESPONSE_BYTES
 from .errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
 from .tracecontext import upstream_traceparent
+
+if TYPE_CHECKING:
+    import aiohttp
 
 USER_AGENT = "azureml-chat-gateway/0.1"
 #: An error answer is read for its message only: what is past this is not read.
@@ -181,6 +182,12 @@ class Transport:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            # aiohttp (0.2-0.3 s of a cold start) is imported by the first call, not at start-up:
+            # the hosts warm it in the background (shared.runtime.warm_up). Everything else here
+            # that names aiohttp runs after this.
+            global aiohttp
+            import aiohttp
+
             connector = aiohttp.TCPConnector(limit=self._connection_limit, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector,
