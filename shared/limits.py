@@ -42,7 +42,8 @@ RATE_LIMIT_HEADERS = tuple(
 CHARS_PER_TOKEN = 4
 #: How recent a caller's last admission must be for its next request to start early.
 HEADROOM_FRESH_S = 1.0
-#: Callers remembered for `has_headroom` before the stale ones are dropped.
+#: Callers remembered for `has_headroom`; past it they are all forgotten (their next requests
+#: wait for their admissions, nothing worse).
 MAX_CALLERS_SEEN = 10_000
 
 
@@ -370,11 +371,12 @@ class CallerLimits:
             return
         debts = decision.debts_after_ms if decision.admitted else decision.debts_before_ms
         admission.headers = headers = _headers(buckets, debts)
-        now = self._clock()
-        self._last_seen[keys[0]] = (
-            now,
-            max(debt / b.period_ms for debt, b in zip(debts, buckets, strict=True)),
+        # How full the caller's fullest bucket is; a refused caller counts as full: its next
+        # request waits for its admission.
+        share = (
+            max(d / b.period_ms for d, b in zip(debts, buckets, strict=True)) if decision.admitted else 1.0
         )
+        self._last_seen[keys[0]] = (self._clock(), share)
         if len(self._last_seen) >= MAX_CALLERS_SEEN:
             self._last_seen.clear()  # forgetting costs the next requests a wait, nothing more
         if not decision.admitted:

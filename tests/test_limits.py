@@ -314,6 +314,27 @@ async def test_a_caller_well_inside_its_limits_starts_before_its_admission_but_a
     assert len(emulator[0].requests) == 2  # it had started: the early start's price
 
 
+async def test_only_a_caller_recently_seen_well_inside_its_limits_may_start_early():
+    now = [1000.0]
+    limits = CallerLimits(
+        LimitsSettings(requests_per_minute=4, tokens_per_minute=1000), MemoryStore(lambda: now[0]), lambda: now[0]
+    )
+    limits.early_start = True  # as with a shared store
+    caller = Caller("c")
+    assert not limits.has_headroom(caller)  # never seen here
+    await limits.admit(caller, 100)  # a quarter of the requests, a tenth of the tokens
+    assert limits.has_headroom(caller)
+    now[0] += 1.5
+    assert not limits.has_headroom(caller)  # what this process saw is too old
+    await limits.admit(caller, 0)
+    assert limits.has_headroom(caller)
+    with pytest.raises(CallerLimitError):
+        await limits.admit(caller, 950)  # refused: counts as full
+    assert not limits.has_headroom(caller)
+    await limits.admit(caller, 0)  # three of four requests: more than half full
+    assert not limits.has_headroom(caller)
+
+
 async def test_a_request_that_ends_before_its_admission_is_settled_when_it_is_decided():
     limits = CallerLimits(LimitsSettings(tokens_per_minute=1000), MemoryStore())
     caller = Caller("c")
