@@ -317,7 +317,9 @@ async def test_a_caller_well_inside_its_limits_starts_before_its_admission_but_a
 async def test_only_a_caller_recently_seen_well_inside_its_limits_may_start_early():
     now = [1000.0]
     limits = CallerLimits(
-        LimitsSettings(requests_per_minute=4, tokens_per_minute=1000), MemoryStore(lambda: now[0]), lambda: now[0]
+        LimitsSettings(requests_per_minute=4, tokens_per_minute=1000),
+        MemoryStore(lambda: now[0]),
+        lambda: now[0],
     )
     limits.early_start = True  # as with a shared store
     caller = Caller("c")
