@@ -580,41 +580,29 @@ def main() -> None:
                 level["server_rss_peak_mb"] for level in throughput[name].values()
             )
         paired = paired_throughput(named, server_of, seconds, pairs)
-        group_paired = paired_throughput(
-            {**named, **variants},
-            {**server_of, "group": gateway},
-            seconds,
-            pairs,
-            base="gateway",
-            other="group",
-            concurrency=GROUP_CONCURRENCY,
-        )
-        telemetry_paired = paired_throughput(
-            {**named, **variants},
-            {**server_of, "telemetry": telemetry_gateway},
-            seconds,
-            pairs,
-            base="floor",
-            other="telemetry",
-            concurrency=GROUP_CONCURRENCY,
-        )
-        asyncio_floor_paired = paired_throughput(
-            {**named, **variants},
-            {**server_of, "floor_asyncio": floor_asyncio},
-            seconds,
-            pairs,
-            base="floor_asyncio",
-            other="gateway",
-            concurrency=GROUP_CONCURRENCY,
-        )
-        every_trace_paired = paired_throughput(
-            {**named, **variants},
-            {**server_of, "telemetry_every_trace": every_trace_gateway},
-            seconds,
-            pairs,
-            base="floor",
-            other="telemetry_every_trace",
-            concurrency=GROUP_CONCURRENCY,
+        # Other pairs at 32 connections: (base, other) -> the server each name runs on.
+        more_servers = {
+            "group": gateway,
+            "telemetry": telemetry_gateway,
+            "floor_asyncio": floor_asyncio,
+            "telemetry_every_trace": every_trace_gateway,
+        }
+        group_paired, telemetry_paired, asyncio_floor_paired, every_trace_paired = (
+            paired_throughput(
+                {**named, **variants},
+                {**server_of, **more_servers},
+                seconds,
+                pairs,
+                base=base,
+                other=other,
+                concurrency=GROUP_CONCURRENCY,
+            )
+            for base, other in (
+                ("gateway", "group"),
+                ("floor", "telemetry"),
+                ("floor_asyncio", "gateway"),
+                ("floor", "telemetry_every_trace"),
+            )
         )
         stream = asyncio.run(stream_figures(emulator, floor, gateway))
         stream["shapes"] = asyncio.run(
