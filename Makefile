@@ -34,7 +34,7 @@ test: $(VENV)/.installed  ## types and lint, the whole test suite, then the offl
 	bash scripts/check_infra.sh
 
 # The results go to bench/results/latest/ (ignored); `make bench UPDATE=1` rewrites the committed ones.
-bench: $(VENV)/.installed  ## the benchmark: bench/results/latest/benchmark.{json,md}, latency.png (about 14 minutes)
+bench: $(VENV)/.installed  ## the benchmark: bench/results/latest/benchmark.{json,md}, latency.png (about 16 minutes)
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null || { echo "bench needs wrk: apt-get install wrk"; exit 1; }
 	$(PY) -m pip install --quiet -r bench/requirements.txt
 	$(PY) bench/run.py $(if $(UPDATE),--update)
