@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.shaped_upstream import UPSTREAM_PATHS  # noqa: E402
 from shared.asgi import server_command  # noqa: E402
+from tests.redis_server import redis_command  # noqa: E402
 
 #: The committed results, rewritten only when asked (`--update`, `make bench UPDATE=1`).
 RESULTS = ROOT / "bench" / "results"
@@ -171,19 +172,7 @@ def start_redis(cpu: int | None = 0) -> Server | None:
     if binary is None:
         return None
     port = free_port()
-    command = [
-        *pin(cpu),
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    return Server("redis-server", command, port, None, {})
+    return Server("redis-server", [*pin(cpu), *redis_command(binary, port)], port, None, {})
 
 
 #: A group of two endpoints on the same upstream (`serverless` and `serverless-b`), equal weights:
