@@ -7,6 +7,11 @@ the bounds of the configuration's `local_server` section (the app hands them ove
 lifespan state): header bytes (431), the time to send the headers and the body (408), idle
 kept-alive connections, and open connections (503). Refusals it writes itself are OpenAI error
 bodies, as is its answer to bytes that are not HTTP (uvicorn's is plain text).
+
+Each connection has one deadline at a time (headers, body, or idle keep-alive) and one timer,
+re-armed only when it fires before the deadline: moving a deadline is an assignment, not a
+timer cancelled and another scheduled (uvicorn schedules three per request; at thousands of
+requests a second that is a measurable share of the event loop's work).
 """
 
 from __future__ import annotations
@@ -42,12 +47,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits: LocalServerSettings = app_state.get(LIMITS_STATE_KEY) or LocalServerSettings()
-        self.timeout_keep_alive = self.limits.keepalive_timeout_s  # type: ignore[assignment]  # call_later takes a float
         self._reading_headers = True
         self._header_bytes = 0
         self._headers_completed = 0
         self._request_started = False
-        self._deadline: asyncio.TimerHandle | None = None
+        #: When the current deadline passes (loop time) and what then happens; None: no deadline.
+        self._deadline: float | None = None
+        self._on_deadline: Callable[[], None] = self._idle_too_long
+        #: The one timer, and when it fires; it may fire before the deadline and re-arm.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -64,14 +73,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
             return
-        if self._reading_headers:
+        if self._reading_headers and not self._request_started:
             self._request_started = True
-            if self._deadline is None:  # the first byte of a kept-alive connection's next request
+            # A kept-alive connection's next request: its headers' time counts from now. (The
+            # first request's counts from the connection, set when it was made.)
+            if self._deadline is None or self._on_deadline == self._idle_too_long:
                 self._set_deadline(self.limits.header_timeout_s, self._headers_too_slow)
         completed = self._headers_completed
         super().data_received(data)
@@ -99,11 +113,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._request_started = False
 
+    def on_response_complete(self) -> None:
+        # uvicorn's, with the idle keep-alive as this connection's deadline instead of a timer
+        # of its own.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self._deadline is None:  # the next request's first bytes may have come already
+            self._set_deadline(self.limits.keepalive_timeout_s, self._idle_too_long)
+
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "The request is not valid HTTP/1.1.", code="invalid_http")
 
+    def _idle_too_long(self) -> None:
+        self.transport.close()
+
     def _headers_too_slow(self) -> None:
-        self._deadline = None
         if not self._request_started or self._busy():
             self.transport.close()  # an idle connection, or one still answering: nothing to say
             return
@@ -115,7 +144,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         )
 
     def _body_too_slow(self) -> None:
-        self._deadline = None
         cycle = self.cycle
         if cycle is None or self._busy() or cycle.response_started:
             self.transport.close()
@@ -154,10 +182,27 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _set_deadline(self, seconds: float, on_expiry: Callable[[], None]) -> None:
-        self._cancel_deadline()
-        self._deadline = self.loop.call_later(seconds, on_expiry)
+        deadline = self.loop.time() + seconds
+        self._deadline, self._on_deadline = deadline, on_expiry
+        if self._timer is not None and self._timer_at <= deadline:
+            return  # it fires first, and re-arms for the rest
+        if self._timer is not None:
+            self._timer.cancel()
+        self._arm(deadline)
 
     def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline = None  # the timer, when it fires, finds nothing due
+
+    def _arm(self, when: float) -> None:
+        self._timer, self._timer_at = self.loop.call_at(when, self._timer_fired), when
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        if self.loop.time() < deadline:
+            self._arm(deadline)
+            return
+        self._deadline = None
+        self._on_deadline()

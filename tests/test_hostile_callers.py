@@ -236,6 +236,33 @@ async def test_idle_connections_are_closed(bounded_server):
     await assert_healthy(bounded_server)
 
 
+async def test_a_busy_kept_alive_connection_stays_open(bounded_server):
+    # Requests every 0.4 s for 2.4 s: each answer restarts the 1 s of idle keep-alive, although
+    # the connection's one timer was armed for the first.
+    reader, writer = await connect(bounded_server)
+    for _ in range(6):
+        writer.write(b"GET /api/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        answer = await asyncio.wait_for(reader.readuntil(b'{"status":"ok"}'), 5)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        await asyncio.sleep(0.4)
+    assert await answer_of(reader, within_s=4) == b""  # then idle: closed
+    writer.close()
+
+
+async def test_a_kept_alive_connections_next_request_has_its_own_header_deadline(bounded_server):
+    reader, writer = await connect(bounded_server)
+    writer.write(b"GET /api/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    await asyncio.wait_for(reader.readuntil(b'{"status":"ok"}'), 5)
+    await asyncio.sleep(0.6)
+    writer.write(b"GET /api/health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+    # Trickled past the keep-alive's second and the headers' second, counted from its first byte.
+    trickling = asyncio.create_task(trickle(writer))
+    answer = await answer_of(reader)
+    await trickling
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"header_timeout_s" in answer
+
+
 @pytest.mark.parametrize(
     "headers",
     [b"X-Big: " + b"a" * 2_000_000 + b"\r\n", b"".join(b"X-%d: a\r\n" % i for i in range(150_000))],
