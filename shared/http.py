@@ -15,7 +15,7 @@ from typing import Any, cast
 from urllib.parse import unquote
 
 from starlette import responses
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -40,6 +40,7 @@ from .tracecontext import bind_caller_trace
 log = get_logger("gateway.http")
 
 REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.encode("latin-1")
 _ASCII_DIGITS = re.compile(r"[0-9]{1,20}")
 #: How long an answer may take before the handler starts watching for its caller to leave.
 WATCH_AFTER_S = 0.05
@@ -97,6 +98,7 @@ class GatewayApi:
         }
         #: Who is calling (`callers.auth`): checked first, before the body is read.
         self.callers = caller_auth(gateway.config.callers.auth)
+        self._caller_watch = CallerWatch()
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> GatewayApi:
@@ -132,7 +134,7 @@ class GatewayApi:
         async def answer() -> Response:
             if chat.stream:
                 return await _streamed(self.gateway.chat_stream(chat, caller))
-            return await _whole(self.gateway.chat(chat, caller))
+            return JSONResponse(await self.gateway.chat(chat, caller))
 
         return await self._within_limits(caller, chat, "chat", len(body), request, answer)
 
@@ -144,7 +146,7 @@ class GatewayApi:
         async def answer() -> Response:
             if call.chat.stream:
                 return await _streamed(self.gateway.responses_stream(call, caller))
-            return await _whole(self.gateway.responses(call, caller))
+            return JSONResponse(await self.gateway.responses(call, caller))
 
         return await self._within_limits(caller, call.chat, "responses", len(body), request, answer)
 
@@ -166,13 +168,13 @@ class GatewayApi:
         and reserved until the request ends (the limits' observer settles them)."""
         limits = self.gateway.limits
         if limits is None:
-            return await _while_connected(request, answer())
+            return await self._caller_watch.answer(request, answer())
         admission = limits.reserve(caller, estimate_tokens(body_bytes))
         answering: Awaitable[Response]
         if limits.has_headroom(caller):
             # Well inside its limits: the call to the endpoint starts while the admission's round
             # trip to the shared store is on its way; the answer waits for it, a refusal cancels.
-            answering = asyncio.ensure_future(_while_connected(request, answer()))
+            answering = asyncio.ensure_future(self._caller_watch.answer(request, answer()))
             try:
                 await limits.decide(admission)
             except BaseException as exc:
@@ -187,7 +189,7 @@ class GatewayApi:
             except CallerLimitError as exc:
                 self.gateway.caller_refused(chat, operation, caller, exc)
                 raise
-            answering = _while_connected(request, answer())
+            answering = self._caller_watch.answer(request, answer())
         try:
             response = await answering
         except GatewayError as exc:
@@ -219,43 +221,72 @@ class GatewayApi:
         return Response(self._openapi_document, media_type="application/json")
 
 
-async def _while_connected(request: Request, answer: Awaitable[Response]) -> Response:
-    """`answer`, cancelled when the caller disconnects: its call to the endpoint and its
-    in-flight slot are given back then, not when the endpoint answers. (Once the response
-    starts, `EventStreamResponse` watches a stream the same way.) Most answers come sooner than
-    `WATCH_AFTER_S`, so the watch starts only then: no task for them."""
-    loop = asyncio.get_running_loop()
-    answering = cast(asyncio.Task[Any], asyncio.current_task())
-    caller_left = False
-    watching: asyncio.Task[None] | None = None
+class CallerWatch:
+    """Cancels an answer when its caller disconnects: its call to the endpoint and its in-flight
+    slot are given back then, not when the endpoint answers. (Once the response starts,
+    `EventStreamResponse` watches a stream the same way.)
 
-    async def watch() -> None:
-        nonlocal caller_left
+    Most answers come sooner than `WATCH_AFTER_S`, so a request only registers here; one timer
+    per process looks every `WATCH_AFTER_S` for requests that have waited that long and starts
+    watching their connections then. A quick request costs no task and no timer."""
+
+    def __init__(self) -> None:
+        self._start(None)
+
+    def _start(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._loop = loop
+        #: Requests not watched yet, oldest first: (the request, when it started).
+        self._waiting: dict[asyncio.Task[Any], tuple[Request, float]] = {}
+        self._watching: dict[asyncio.Task[Any], asyncio.Task[None]] = {}
+        #: Answers this watch cancelled because their caller left.
+        self._left: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        """The answers under way, watched or not yet."""
+        return len(self._waiting) + len(self._watching)
+
+    async def answer(self, request: Request, answer: Awaitable[Response]) -> Response:
+        """`answer`, cancelled if the caller disconnects (then a 499 nobody reads)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (tests start several): nothing carries over
+            self._start(loop)
+        answering = cast(asyncio.Task[Any], asyncio.current_task())
+        self._waiting[answering] = (request, loop.time())
+        if self._timer is None:
+            self._timer = loop.call_later(WATCH_AFTER_S, self._look)
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            if answering not in self._left or answering.uncancel() > 0:
+                raise  # not ours: a server shutdown goes on up
+            log.info("the caller left before the answer; its call to the endpoint was cancelled")
+            return Response(status_code=499)  # nobody reads it: the connection is gone
+        finally:
+            if self._waiting.pop(answering, None) is None:
+                watching = self._watching.pop(answering, None)
+                if watching is not None:
+                    watching.cancel()
+                self._left.discard(answering)
+
+    def _look(self) -> None:
+        loop = cast(asyncio.AbstractEventLoop, self._loop)
+        self._timer = None
+        started_by = loop.time() - WATCH_AFTER_S
+        while self._waiting:
+            answering, (request, started) = next(iter(self._waiting.items()))
+            if started > started_by:
+                break
+            del self._waiting[answering]
+            self._watching[answering] = loop.create_task(self._watch(request, answering))
+        if self._waiting:
+            self._timer = loop.call_later(WATCH_AFTER_S, self._look)
+
+    async def _watch(self, request: Request, answering: asyncio.Task[Any]) -> None:
         # The body has been read: the server's next message is the disconnect.
         if (await request.receive())["type"] == "http.disconnect":
-            caller_left = True
+            self._left.add(answering)
             answering.cancel()
-
-    def start_watching() -> None:
-        nonlocal watching
-        watching = loop.create_task(watch())
-
-    timer = loop.call_later(WATCH_AFTER_S, start_watching)
-    try:
-        return await answer
-    except asyncio.CancelledError:
-        if not caller_left or answering.uncancel() > 0:
-            raise  # not ours: a server shutdown goes on up
-        log.info("the caller left before the answer; its call to the endpoint was cancelled")
-        return Response(status_code=499)  # nobody reads it: the connection is gone
-    finally:
-        timer.cancel()
-        if watching is not None:
-            watching.cancel()
-
-
-async def _whole(answer: Awaitable[dict[str, Any]]) -> Response:
-    return JSONResponse(await answer)
 
 
 async def _streamed(events: AsyncIterator[bytes]) -> Response:
@@ -285,7 +316,8 @@ async def _respond(request: Request, handler: Handler) -> Response:
     except Exception:
         log.exception("%s %s failed unexpectedly", request.method, request.url.path)
         response = internal_error_response()
-    response.headers.append(REQUEST_ID_HEADER, request_id)
+    # Onto the raw list: `response.headers` would build a `MutableHeaders` view for one append.
+    response.raw_headers.append((_REQUEST_ID_KEY, request_id.encode("latin-1")))
     return response
 
 
@@ -332,16 +364,21 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise InvalidRequestError("The Content-Length header is not a number.")
         if int(declared) > limit:
             raise _too_large(limit)
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise InvalidRequestError("The client went away before sending the whole body.") from None
-    return b"".join(chunks)
+    # The server's messages read directly: Starlette's `stream()` is an async generator, whose
+    # machinery costs more than the few messages a body comes in.
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await request.receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise InvalidRequestError("The client went away before sending the whole body.")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _too_large(limit: int) -> RequestTooLargeError:

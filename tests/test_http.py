@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 
 import aiohttp
 import pytest
+from starlette.responses import Response
 
 from emulator import Fault, reply_text
+from shared.http import WATCH_AFTER_S, CallerWatch
 
 from .client import CHAT, HELLO, assert_openai_error, get, post
 from .conftest import emulator_config
@@ -213,7 +216,9 @@ async def test_oversized_body_is_a_413_before_parsing(emulator, start_gateway):
             yield b" " * 1024
 
     async with aiohttp.ClientSession() as session:
-        async with session.post(base + CHAT, data=chunks(), headers={"Content-Type": "application/json"}) as response:
+        async with session.post(
+            base + CHAT, data=chunks(), headers={"Content-Type": "application/json"}
+        ) as response:
             assert response.status == 413
     assert emulator[0].requests == []
 
@@ -363,3 +368,42 @@ async def test_another_azure_ml_compatible_endpoint_on_another_port_needs_no_cod
         assert other.requests[0].path == "/score"
     finally:
         servers.run(server.stop())
+
+
+class _Connection:
+    """What the caller watch reads of a request: the server's next message."""
+
+    def __init__(self, caller_left: bool) -> None:
+        self.caller_left = caller_left
+
+    async def receive(self) -> dict[str, str]:
+        if not self.caller_left:
+            await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+
+async def _answer_after(seconds: float) -> Response:
+    await asyncio.sleep(seconds)
+    return Response(b"answered")
+
+
+async def test_the_caller_watch_cancels_the_answers_of_callers_who_left_and_keeps_nothing():
+    watch = CallerWatch()
+    gone = asyncio.create_task(watch.answer(_Connection(True), _answer_after(0.5)))  # type: ignore[arg-type]
+    stays = asyncio.create_task(watch.answer(_Connection(False), _answer_after(0.3)))  # type: ignore[arg-type]
+    # Answered before it is watched: not cancelled, although its caller is gone too.
+    quick = await watch.answer(_Connection(True), _answer_after(WATCH_AFTER_S / 5))  # type: ignore[arg-type]
+    assert quick.status_code == 200
+    assert (await gone).status_code == 499
+    assert (await stays).body == b"answered"
+    assert len(watch) == 0
+
+
+async def test_the_caller_watch_lets_anyone_elses_cancellation_through():
+    watch = CallerWatch()
+    answering = asyncio.create_task(watch.answer(_Connection(False), _answer_after(5)))  # type: ignore[arg-type]
+    await asyncio.sleep(WATCH_AFTER_S * 3)  # watched by now
+    answering.cancel()  # a server shutting down, say
+    with pytest.raises(asyncio.CancelledError):
+        await answering
+    assert len(watch) == 0
