@@ -54,10 +54,15 @@ class ExpiringCache:
     def now(self) -> float:
         return self._clock()
 
-    async def get(self, name: str) -> str:
+    def fresh(self, name: str) -> str | None:
+        """The value of `name` if one is cached and fresh (nothing fetched), else None."""
         entry = self._entries.get(name)
-        if entry is not None and self._clock() < entry.refresh_at:
-            return entry.value
+        return entry.value if entry is not None and self._clock() < entry.refresh_at else None
+
+    async def get(self, name: str) -> str:
+        value = self.fresh(name)
+        if value is not None:
+            return value
         try:
             return (await self._shared_fetch(name)).value
         except CredentialUnavailableError as exc:

@@ -164,6 +164,11 @@ class CredentialProvider:
     async def get(self, auth: Any) -> Credential:
         return auth.credential(await self._cache.get(auth.cache_key()))
 
+    def cached(self, auth: Any) -> Credential | None:
+        """The credential if a fresh one is cached (no I/O), else None: `get` fetches it."""
+        value = self._cache.fresh(auth.cache_key())
+        return None if value is None else auth.credential(value)
+
     def invalidate(self, auth: Any, refused: Credential) -> None:
         """Forget `refused`, the value an endpoint just turned down."""
         self._cache.invalidate(auth.cache_key(), refused.value)
@@ -404,6 +409,11 @@ class Credentials:
 
     async def get(self, auth: AuthSettings) -> Credential:
         return await self.provider(auth).get(auth)
+
+    def cached(self, auth: AuthSettings) -> Credential | None:
+        """`auth`'s credential if a fresh one is cached, else None; nearly every request's
+        case, answered without the coroutines of `get`."""
+        return self.provider(auth).cached(auth)
 
     def refreshable(self, auth: AuthSettings) -> bool:
         return self.provider(auth).refreshable

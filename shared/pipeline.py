@@ -285,7 +285,8 @@ class Pipeline:
         """One call of `endpoint`; a refused credential is fetched again, once (a rotated key)."""
         observer = self._observer
         for refetched in (False, True):
-            credential = await self._credentials.get(endpoint.auth)
+            auth = endpoint.auth
+            credential = self._credentials.cached(auth) or await self._credentials.get(auth)
             request = build(endpoint, credential)
             observer.try_started(exchange, endpoint.name, attempt)
             started = asyncio.get_running_loop().time()

@@ -113,6 +113,9 @@ async def test_a_refused_credential_is_fetched_again_once():
         async def get(self, auth) -> Credential:
             return bearer(self.values[0])
 
+        def cached(self, auth) -> Credential | None:
+            return None  # nothing cached: every call asks `get`
+
         def refreshable(self, auth) -> bool:
             return True
 
