@@ -33,6 +33,42 @@ from .ids import new_id
 LIMITS_STATE_KEY = "gateway.local_server"
 
 
+class WritesPerTurn:
+    """A connection's transport whose writes are gathered until the event loop's next turn.
+
+    uvicorn writes a response's head and its body apart: two system calls, and two packets on
+    a socket without Nagle's delay. Gathered, they leave as one, as aiohttp's server sends them;
+    a stream's events written in one turn leave together too. Nothing waits longer than the
+    turn: what is held is written before the loop polls for I/O again, and before `close`."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._held is None:
+            self._held = [data]
+            self._loop.call_soon(self._flush)
+        else:
+            self._held.append(data)
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        if held and not self._transport.is_closing():  # else the peer is gone: nobody reads it
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """One connection. A request's headers must arrive within `header_timeout_s` of its first
     byte (or of the connection, for the first request) and within `max_header_bytes`; its body
@@ -60,6 +96,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = WritesPerTurn(transport, self.loop)  # type: ignore[assignment]
         if len(self.connections) > self.limits.max_connections:
             self.logger.warning("Refused a connection: %d are open.", len(self.connections) - 1)
             self._refuse(

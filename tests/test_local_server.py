@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from shared.asgi import server_command
+from shared.uvicorn_protocol import WritesPerTurn
 
 from .conftest import emulator_config
 
@@ -151,3 +153,35 @@ def test_make_dev_names_the_variable_to_change_when_a_port_is_taken():
     assert process.returncode != 0
     assert f"port {port} on 127.0.0.1 is in use" in "".join(lines)
     assert "EMULATOR_PORT=" in "".join(lines)
+
+
+class _RecordedTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+async def test_a_responses_head_and_body_leave_in_one_write_and_nothing_is_held_past_close():
+    transport = _RecordedTransport()
+    writes = WritesPerTurn(transport, asyncio.get_running_loop())
+    writes.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")  # as uvicorn writes them: apart
+    writes.write(b"body")
+    assert transport.writes == []
+    await asyncio.sleep(0)  # the loop's next turn
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbody"]
+    writes.write(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+    writes.close()  # a refusal, written then closed at once
+    assert transport.writes[-1] == b"HTTP/1.1 408 Request Timeout\r\n\r\n" and transport.closed
+    writes.write(b"late")
+    await asyncio.sleep(0)
+    assert transport.writes[-1] != b"late"  # the connection is closing: nothing more is written
