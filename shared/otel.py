@@ -14,9 +14,11 @@ go on spans only, never on metric attributes; message text only with `telemetry.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +26,18 @@ from urllib.parse import urlsplit
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
+from opentelemetry.sdk.metrics import Histogram as HistogramInstrument
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    ResourceMetrics,
+    ScopeMetrics,
+)
 from opentelemetry.sdk.trace.sampling import (
     Decision,
     ParentBased,
@@ -31,6 +45,7 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -46,6 +61,8 @@ log = get_logger("gateway.telemetry")
 #: The OpenTelemetry semantic conventions release followed (GenAI spans and metrics).
 SEMCONV_VERSION = "1.41.0"
 SCHEMA_URL = f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
+#: The instrumentation scope of the gateway's spans and metrics.
+SCOPE_NAME = "gateway"
 DEFAULT_SERVICE_NAME = "azureml-chat-gateway"
 #: `gen_ai.provider.name` of Azure ML online endpoints (and of any host that is not one of
 #: Azure's model services): not a well-known value of the conventions, which name none for Azure ML.
@@ -157,6 +174,170 @@ class _Tally:
         ]
 
 
+class _Point:
+    """One attribute set's values of a histogram: count, sum, min, max and counts per bucket."""
+
+    __slots__ = ("attributes", "count", "sum", "min", "max", "buckets")
+
+    def __init__(self, attributes: dict[str, Any], buckets: int) -> None:
+        self.attributes = attributes
+        self.count = 0
+        self.sum = 0.0
+        self.min = float("inf")
+        self.max = float("-inf")
+        self.buckets = [0] * buckets
+
+
+class GatewayHistogram:
+    """A histogram kept by the gateway: counts per bucket per attribute set, exported with the
+    SDK's metrics at each collection (`HistogramsExporter`).
+
+    The SDK's own histogram copies, checks and hashes the attributes of every value it records
+    (about 6 µs a value, three values a request: the largest part of telemetry's cost); here a
+    value costs a tuple of the attributes, a bisect and a few additions."""
+
+    def __init__(self, name: str, unit: str, description: str, boundaries: Sequence[float]) -> None:
+        self.name = name
+        self.unit = unit
+        self.description = description
+        self._boundaries = tuple(boundaries)
+        self._points: dict[tuple[tuple[str, Any], ...], _Point] = {}
+        # Recorded on the event loop's thread, collected on the exporter's.
+        self._lock = threading.Lock()
+        self._since_ns = time.time_ns()
+
+    def record(self, value: float, attributes: Mapping[str, Any]) -> None:
+        key = tuple(attributes.items())
+        with self._lock:
+            point = self._points.get(key)
+            if point is None:
+                point = self._points[key] = _Point(dict(attributes), len(self._boundaries) + 1)
+            point.count += 1
+            point.sum += value
+            point.min = min(point.min, value)
+            point.max = max(point.max, value)
+            # Buckets hold (previous bound, bound]: a value equal to a bound counts in its bucket.
+            point.buckets[bisect.bisect_left(self._boundaries, value)] += 1
+
+    def collect(self, *, delta: bool, now_ns: int | None = None) -> Metric | None:
+        """The SDK's `Metric` of what was recorded: since the last collection if `delta`, else
+        since the start. None if nothing was."""
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        with self._lock:
+            since_ns = self._since_ns
+            points = [
+                HistogramDataPoint(
+                    attributes=point.attributes,
+                    start_time_unix_nano=since_ns,
+                    time_unix_nano=now_ns,
+                    count=point.count,
+                    sum=point.sum,
+                    bucket_counts=list(point.buckets),
+                    explicit_bounds=self._boundaries,
+                    min=point.min,
+                    max=point.max,
+                )
+                for point in self._points.values()
+            ]
+            if delta:
+                self._points = {}
+                self._since_ns = now_ns
+        if not points:
+            return None
+        temporality = AggregationTemporality.DELTA if delta else AggregationTemporality.CUMULATIVE
+        return Metric(
+            name=self.name,
+            description=self.description,
+            unit=self.unit,
+            data=Histogram(data_points=points, aggregation_temporality=temporality),
+        )
+
+
+@dataclass(frozen=True)
+class GatewayHistograms:
+    """The GenAI conventions' histograms, kept by the gateway (`GatewayHistogram`)."""
+
+    token_usage: GatewayHistogram = field(
+        default_factory=lambda: GatewayHistogram(
+            "gen_ai.client.token.usage",
+            "{token}",
+            "Tokens used by an answered call, by gen_ai.token.type",
+            TOKEN_BUCKETS,
+        )
+    )
+    duration: GatewayHistogram = field(
+        default_factory=lambda: GatewayHistogram(
+            "gen_ai.client.operation.duration",
+            "s",
+            "Duration of a call to an endpoint, until its whole answer was read",
+            DURATION_BUCKETS,
+        )
+    )
+    time_to_first_chunk: GatewayHistogram = field(
+        default_factory=lambda: GatewayHistogram(
+            "gen_ai.client.operation.time_to_first_chunk",
+            "s",
+            "Time from the request to the first event of a streamed answer",
+            DURATION_BUCKETS,
+        )
+    )
+
+    def collect(self, *, delta: bool) -> list[Metric]:
+        now_ns = time.time_ns()
+        collected = (h.collect(delta=delta, now_ns=now_ns) for h in self.all())
+        return [metric for metric in collected if metric is not None]
+
+    def all(self) -> tuple[GatewayHistogram, ...]:
+        return (self.token_usage, self.duration, self.time_to_first_chunk)
+
+
+class HistogramsExporter(MetricExporter):
+    """An exporter of the SDK's metrics with the gateway's histograms added to each export, in
+    the temporality `exporter` prefers for histograms (OTLP: cumulative by default; Azure
+    Monitor: delta)."""
+
+    def __init__(self, exporter: MetricExporter, histograms: GatewayHistograms) -> None:
+        # The reader asks its exporter for these; they are the wrapped exporter's.
+        super().__init__(
+            preferred_temporality=exporter._preferred_temporality,
+            preferred_aggregation=exporter._preferred_aggregation,
+        )
+        self._exporter = exporter
+        self._histograms = histograms
+        preferred = exporter._preferred_temporality or {}
+        self._delta = preferred.get(HistogramInstrument) is AggregationTemporality.DELTA
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        ours = self._histograms.collect(delta=self._delta)
+        if ours and metrics_data.resource_metrics:
+            metrics_data = _with_metrics(metrics_data, ours)
+        return self._exporter.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._exporter.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+def _with_metrics(data: MetricsData, metrics: list[Metric]) -> MetricsData:
+    """`data` with `metrics` added to the gateway's scope of its first resource (the process's
+    one: every gateway meter shares the provider's resource)."""
+    first, *others = data.resource_metrics
+    scopes = list(first.scope_metrics)
+    for index, scope in enumerate(scopes):
+        if scope.scope.name == SCOPE_NAME:
+            scopes[index] = ScopeMetrics(scope.scope, [*scope.metrics, *metrics], scope.schema_url)
+            break
+    else:
+        scopes.append(
+            ScopeMetrics(InstrumentationScope(SCOPE_NAME, schema_url=SCHEMA_URL), metrics, SCHEMA_URL)
+        )
+    return MetricsData([ResourceMetrics(first.resource, scopes, first.schema_url), *others])
+
+
 class TelemetryObserver(Observer):
     """Spans and metrics from the pipeline's events."""
 
@@ -167,31 +348,19 @@ class TelemetryObserver(Observer):
         meter_provider: MeterProvider,
         *,
         server_kind: SpanKind = SpanKind.SERVER,
+        histograms: GatewayHistograms | None = None,
     ) -> None:
-        self._tracer: Tracer = tracer_provider.get_tracer("gateway", schema_url=SCHEMA_URL)
-        meter: Meter = meter_provider.get_meter("gateway", schema_url=SCHEMA_URL)
+        self._tracer: Tracer = tracer_provider.get_tracer(SCOPE_NAME, schema_url=SCHEMA_URL)
+        meter: Meter = meter_provider.get_meter(SCOPE_NAME, schema_url=SCHEMA_URL)
         self._server_kind = server_kind
         self._capture_content = config.telemetry.capture_content
         self._endpoints = {e.name: _Endpoint.of(e) for e in config.endpoints}
         self._propagator = TraceContextTextMapPropagator()
-        self._token_usage = meter.create_histogram(
-            "gen_ai.client.token.usage",
-            unit="{token}",
-            description="Tokens used by an answered call, by gen_ai.token.type",
-            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
-        )
-        self._duration = meter.create_histogram(
-            "gen_ai.client.operation.duration",
-            unit="s",
-            description="Duration of a call to an endpoint, until its whole answer was read",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self._time_to_first_chunk = meter.create_histogram(
-            "gen_ai.client.operation.time_to_first_chunk",
-            unit="s",
-            description="Time from the request to the first event of a streamed answer",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
+        #: The histograms: kept by the gateway, exported by `HistogramsExporter`.
+        self.histograms = histograms or GatewayHistograms()
+        self._token_usage = self.histograms.token_usage
+        self._duration = self.histograms.duration
+        self._time_to_first_chunk = self.histograms.time_to_first_chunk
         # The gateway's own counters are kept here and read by the SDK at each export: an event
         # costs a dict increment instead of the SDK's work per call.
         self._requests = _Tally(
@@ -604,7 +773,7 @@ def sampler(destination: str, environ: Mapping[str, str]) -> Sampler | None:
 
 # -- set-up, once per process
 
-_installed: tuple[Any, Any] | None = None
+_installed: tuple[Any, Any, GatewayHistograms] | None = None
 #: Each provider set up, for `flush`.
 _providers_installed: list[Any] = []
 
@@ -640,12 +809,14 @@ def install(
             "telemetry on: exporting to %s",
             "Application Insights" if destination == "azure_monitor" else "OTLP",
         )
-    tracer_provider, meter_provider = _installed
+    tracer_provider, meter_provider, histograms = _installed
     kind = SpanKind.INTERNAL if host_records_requests else SpanKind.SERVER
-    return TelemetryObserver(config, tracer_provider, meter_provider, server_kind=kind)
+    return TelemetryObserver(config, tracer_provider, meter_provider, server_kind=kind, histograms=histograms)
 
 
-def _providers(destination: str, environ: Mapping[str, str], *, export_logs: bool) -> tuple[Any, Any]:
+def _providers(
+    destination: str, environ: Mapping[str, str], *, export_logs: bool
+) -> tuple[Any, Any, GatewayHistograms]:
     from opentelemetry import metrics
     from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
@@ -662,8 +833,10 @@ def _providers(destination: str, environ: Mapping[str, str], *, export_logs: boo
         span_exporter, metric_exporter, log_exporter = _otlp_exporters(environ)
     tracer_provider = SdkTracerProvider(resource=resource, sampler=sampler(destination, environ))
     tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    histograms = GatewayHistograms()
     meter_provider = SdkMeterProvider(
-        resource=resource, metric_readers=[PeriodicExportingMetricReader(metric_exporter)]
+        resource=resource,
+        metric_readers=[PeriodicExportingMetricReader(HistogramsExporter(metric_exporter, histograms))],
     )
     if export_logs:
         logger_provider = LoggerProvider(resource=resource)
@@ -676,7 +849,7 @@ def _providers(destination: str, environ: Mapping[str, str], *, export_logs: boo
         _providers_installed.append(logger_provider)
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
-    return tracer_provider, meter_provider
+    return tracer_provider, meter_provider, histograms
 
 
 def _otlp_exporters(environ: Mapping[str, str]) -> tuple[Any, Any, Any]:

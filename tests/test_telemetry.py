@@ -1,5 +1,5 @@
-"""Telemetry: spans and metrics recorded through the SDK's in-memory exporter and reader, from a
-real gateway on 127.0.0.1 in front of the emulator; and "off" imports nothing of OpenTelemetry."""
+"""Telemetry: spans recorded through the SDK's in-memory exporter and metrics as the gateway
+exports them, from a real gateway on 127.0.0.1 in front of the emulator; and "off" imports nothing of OpenTelemetry."""
 
 from __future__ import annotations
 
@@ -11,8 +11,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.metrics import Histogram as HistogramInstrument
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -26,7 +33,14 @@ from shared.asgi import build_app
 from shared.config import load_config
 from shared.credentials import Credentials
 from shared.http import GatewayApi
-from shared.otel import AZURE_ML_PROVIDER, TelemetryObserver, provider_name
+from shared.otel import (
+    AZURE_ML_PROVIDER,
+    GatewayHistogram,
+    GatewayHistograms,
+    HistogramsExporter,
+    TelemetryObserver,
+    provider_name,
+)
 from shared.service import Gateway
 
 from .client import HELLO, post, stream
@@ -38,10 +52,35 @@ CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_PARENT = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
 
 
+class Collected(MetricExporter):
+    """What the last export carried: with cumulative temporality, everything recorded so far."""
+
+    def __init__(self, preferred_temporality: dict[type, AggregationTemporality] | None = None) -> None:
+        super().__init__(preferred_temporality=preferred_temporality)
+        self.last: MetricsData | None = None
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        self.last = metrics_data
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        pass
+
+
 class Recorded:
+    """Spans in memory, and metrics as the gateway exports them (the SDK's and its own
+    histograms), exported when `points` asks."""
+
     def __init__(self) -> None:
         self.spans = InMemorySpanExporter()
-        self.metrics = InMemoryMetricReader()
+        self.histograms = GatewayHistograms()
+        self.exported = Collected()
+        self.metrics = PeriodicExportingMetricReader(
+            HistogramsExporter(self.exported, self.histograms), export_interval_millis=3_600_000
+        )
         self.tracer_provider = TracerProvider()
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
         self.meter_provider = MeterProvider(metric_readers=[self.metrics])
@@ -57,7 +96,8 @@ class Recorded:
         return sorted((s for s in self.finished() if s.kind is SpanKind.CLIENT), key=lambda s: s.start_time)
 
     def points(self, name: str) -> list[tuple[dict[str, Any], Any]]:
-        data = self.metrics.get_metrics_data()
+        self.metrics.force_flush()
+        data = self.exported.last
         found = []
         for resource_metrics in data.resource_metrics if data else []:
             for scope in resource_metrics.scope_metrics:
@@ -72,12 +112,16 @@ def telemetry(servers, canary_key) -> Iterator[Any]:
     """Start a gateway whose observer records into memory; returns (base URL, Recorded)."""
     tracecontext.enable()
     started = []
+    made: list[Recorded] = []
 
     def start(config: dict[str, Any]) -> tuple[str, Recorded]:
         recorded = Recorded()
+        made.append(recorded)
         env = {"GATEWAY_CONFIG": json.dumps(config), "EMULATOR_KEY": canary_key}
         loaded = load_config(env)
-        observer = TelemetryObserver(loaded, recorded.tracer_provider, recorded.meter_provider)
+        observer = TelemetryObserver(
+            loaded, recorded.tracer_provider, recorded.meter_provider, histograms=recorded.histograms
+        )
         gateway = Gateway(loaded, credentials=Credentials(env, loaded.credentials), observer=observer)
         server = servers.run(UvicornServer(build_app(GatewayApi(gateway))).start())
         started.append(server)
@@ -86,6 +130,8 @@ def telemetry(servers, canary_key) -> Iterator[Any]:
     yield start
     for server in started:
         servers.run(server.stop())
+    for recorded in made:
+        recorded.meter_provider.shutdown()
 
 
 def _config(url: str, retries: int = 0, **top: Any) -> dict[str, Any]:
@@ -385,3 +431,45 @@ def test_under_functions_the_request_span_is_internal(import_line, kind):
         check=True,
     )
     assert out.stdout.strip().splitlines()[-1] == kind
+
+
+def test_the_gateways_histograms_count_each_value_in_its_bucket():
+    histogram = GatewayHistogram("h", "s", "a histogram", (1, 4))
+    for value in (0.5, 1, 3, 4, 5):
+        histogram.record(value, {"endpoint": "x"})
+    histogram.record(2, {"endpoint": "y"})
+    x, y = histogram.collect(delta=False).data.data_points
+    # Buckets (-inf, 1], (1, 4], (4, +inf): a value equal to a bound counts in the bucket it ends.
+    assert (x.bucket_counts, x.count, x.sum, x.min, x.max) == ([2, 2, 1], 5, 13.5, 0.5, 5)
+    assert (dict(y.attributes), y.bucket_counts, tuple(y.explicit_bounds)) == ({"endpoint": "y"}, [0, 1, 0], (1, 4))
+
+
+@pytest.mark.parametrize("temporality", [AggregationTemporality.DELTA, AggregationTemporality.CUMULATIVE])
+def test_the_histograms_are_exported_in_the_temporality_the_exporter_prefers(temporality):
+    collected = Collected({HistogramInstrument: temporality})
+    histograms = GatewayHistograms()
+    reader = PeriodicExportingMetricReader(
+        HistogramsExporter(collected, histograms), export_interval_millis=3_600_000
+    )
+    provider = MeterProvider(metric_readers=[reader])
+    provider.get_meter("gateway").create_counter("gateway.requests").add(1)
+
+    def exported_counts() -> list[int]:
+        provider.force_flush()
+        assert collected.last is not None
+        metrics = {m.name: m for r in collected.last.resource_metrics for s in r.scope_metrics for m in s.metrics}
+        assert "gateway.requests" in metrics  # the SDK's own metrics still go
+        duration = metrics.get("gen_ai.client.operation.duration")
+        if duration is None:
+            return []
+        assert duration.data.aggregation_temporality is temporality
+        return [point.count for point in duration.data.data_points]
+
+    histograms.duration.record(0.5, {"gen_ai.operation.name": "chat"})
+    histograms.duration.record(0.7, {"gen_ai.operation.name": "chat"})
+    assert exported_counts() == [2]
+    histograms.duration.record(0.1, {"gen_ai.operation.name": "chat"})
+    # Delta: what came since the last export; cumulative: everything since the start.
+    assert exported_counts() == ([1] if temporality is AggregationTemporality.DELTA else [3])
+    assert exported_counts() == ([] if temporality is AggregationTemporality.DELTA else [3])
+    provider.shutdown()
