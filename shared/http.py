@@ -199,7 +199,7 @@ class GatewayApi:
         except BaseException:
             limits.settle(admission, 0)
             raise
-        response.headers.update(admission.headers)
+        _append_headers(response, admission.headers)
         return response
 
     async def _models(self, request: Request) -> Response:
@@ -316,9 +316,16 @@ async def _respond(request: Request, handler: Handler) -> Response:
     except Exception:
         log.exception("%s %s failed unexpectedly", request.method, request.url.path)
         response = internal_error_response()
-    # Onto the raw list: `response.headers` would build a `MutableHeaders` view for one append.
     response.raw_headers.append((_REQUEST_ID_KEY, request_id.encode("latin-1")))
     return response
+
+
+def _append_headers(response: Response, headers: Mapping[str, str]) -> None:
+    """Add headers the response does not have yet: onto its raw list, as `MutableHeaders` would
+    after looking for each name among those already there."""
+    response.raw_headers.extend(
+        (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+    )
 
 
 def internal_error_response() -> JSONResponse:
