@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -33,33 +33,38 @@ from .ids import new_id
 LIMITS_STATE_KEY = "gateway.local_server"
 
 
-class WritesPerTurn:
-    """A connection's transport whose writes are gathered until the event loop's next turn.
+class HeadWithBody:
+    """A connection's transport that sends a response's head with the first write of its body.
 
-    uvicorn writes a response's head and its body apart: two system calls, and two packets on
-    a socket without Nagle's delay. Gathered, they leave as one, as aiohttp's server sends them;
-    a stream's events written in one turn leave together too. Nothing waits longer than the
-    turn: what is held is written before the loop polls for I/O again, and before `close`."""
+    uvicorn writes a response's head and its body apart: two system calls, and two packets on a
+    socket without Nagle's delay. Here the head waits for the next write and leaves with it, as
+    aiohttp's server sends them; every other write goes out at once (a stream's events are not
+    held). A head with no body write after it (HEAD, an empty body) leaves when the response
+    completes, at `close`, or at the event loop's next turn, whichever comes first."""
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
-        self._held: list[bytes] | None = None
+        self._head: bytes | None = None
 
     def write(self, data: bytes) -> None:
-        if self._held is None:
-            self._held = [data]
-            self._loop.call_soon(self._flush)
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head + data)
+        elif data.startswith(b"HTTP/"):  # uvicorn writes a head in one piece, status line first
+            self._head = data
+            self._loop.call_soon(self.flush)
         else:
-            self._held.append(data)
+            self._transport.write(data)
 
-    def _flush(self) -> None:
-        held, self._held = self._held, None
-        if held and not self._transport.is_closing():  # else the peer is gone: nobody reads it
-            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+    def flush(self) -> None:
+        head, self._head = self._head, None
+        if head is not None and not self._transport.is_closing():  # else nobody reads it
+            self._transport.write(head)
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def is_closing(self) -> bool:
@@ -96,7 +101,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.transport = WritesPerTurn(transport, self.loop)  # type: ignore[assignment]
+        self.transport = HeadWithBody(transport, self.loop)  # type: ignore[assignment]
         if len(self.connections) > self.limits.max_connections:
             self.logger.warning("Refused a connection: %d are open.", len(self.connections) - 1)
             self._refuse(
@@ -154,6 +159,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # uvicorn's, with the idle keep-alive as this connection's deadline instead of a timer
         # of its own.
         self.server_state.total_requests += 1
+        cast(HeadWithBody, self.transport).flush()  # a head with no body written after it
         if self.transport.is_closing():
             return
         self.flow.resume_reading()
