@@ -10,7 +10,7 @@ does not fail the request.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,20 +114,23 @@ class Observers(Observer):
 
     def __init__(self, observers: Sequence[Observer]) -> None:
         self._observers = tuple(observers)
+        # One teller per event, made once (not at each event): it calls only the observers that
+        # override the event.
+        for name in _EVENTS:
+            methods = [(type(o).__name__, getattr(o, name)) for o in self._observers]
+            told = [(o, m) for o, m in methods if getattr(m, "__func__", None) is not getattr(Observer, name)]
+            setattr(self, name, _teller(name, told))
 
-    def __getattribute__(self, name: str) -> Any:
-        if name.startswith("_") or name not in _EVENTS:
-            return object.__getattribute__(self, name)
-        observers = object.__getattribute__(self, "_observers")
 
-        def tell_all(*args: Any) -> None:
-            for observer in observers:
-                try:
-                    getattr(observer, name)(*args)
-                except Exception:
-                    log.exception("observer %s failed on %s", type(observer).__name__, name)
+def _teller(name: str, methods: list[tuple[str, Callable[..., None]]]) -> Callable[..., None]:
+    def tell_all(*args: Any) -> None:
+        for observer, method in methods:
+            try:
+                method(*args)
+            except Exception:
+                log.exception("observer %s failed on %s", observer, name)
 
-        return tell_all
+    return tell_all
 
 
 _EVENTS = frozenset(name for name in vars(Observer) if not name.startswith("_"))
