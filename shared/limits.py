@@ -68,6 +68,9 @@ class Decision:
 
 
 class Store(Protocol):
+    #: Whether an admission waits on I/O (and so runs under `store.timeout_s`).
+    remote: bool
+
     async def admit(self, keys: list[str], buckets: list[Bucket], costs: list[int]) -> Decision: ...
 
     def settle(self, keys: list[str], buckets: list[Bucket], deltas: list[int]) -> None:
@@ -78,6 +81,8 @@ class Store(Protocol):
 
 class MemoryStore:
     """The buckets of this process only (the local server, one instance, tests)."""
+
+    remote = False
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -175,6 +180,7 @@ class RedisStore:
     trip per admission (EVALSHA of a Lua script). A request's settlement rides on its caller's
     next admission, or goes with the others pending after `SETTLE_DELAY_S` (one pipeline)."""
 
+    remote = True
     #: How long a settlement waits for its caller's next admission before it is sent on its own.
     SETTLE_DELAY_S = 0.25
 
@@ -407,6 +413,8 @@ class CallerLimits:
 
     async def _decide(self, keys: list[str], buckets: list[Bucket], costs: list[int]) -> Decision | None:
         """The store's decision; None when it is down and `on_store_error` is `allow`."""
+        if not self._store.remote:  # in this process: nothing to wait for, nothing to time out
+            return await self._store.admit(keys, buckets, costs)
         if self._clock() >= self._down_until:
             try:
                 # asyncio.timeout, not wait_for: no task per admission.
