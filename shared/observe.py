@@ -118,17 +118,20 @@ class Observers(Observer):
         # override the event.
         for name in _EVENTS:
             methods = [(type(o).__name__, getattr(o, name)) for o in self._observers]
-            told = [(o, m) for o, m in methods if getattr(m, "__func__", None) is not getattr(Observer, name)]
+            inherited = getattr(Observer, name)
+            told = [(kind, m) for kind, m in methods if getattr(m, "__func__", None) is not inherited]
             setattr(self, name, _teller(name, told))
 
 
 def _teller(name: str, methods: list[tuple[str, Callable[..., None]]]) -> Callable[..., None]:
+    """A function telling `name` to each of `methods` (an observer's class name and its method)."""
+
     def tell_all(*args: Any) -> None:
-        for observer, method in methods:
+        for kind, method in methods:
             try:
                 method(*args)
             except Exception:
-                log.exception("observer %s failed on %s", observer, name)
+                log.exception("observer %s failed on %s", kind, name)
 
     return tell_all
 

@@ -283,9 +283,8 @@ class Pipeline:
         stream: bool,
     ) -> Answer:
         """One call of `endpoint`; a refused credential is fetched again, once (a rotated key)."""
-        observer = self._observer
+        observer, auth = self._observer, endpoint.auth
         for refetched in (False, True):
-            auth = endpoint.auth
             credential = self._credentials.cached(auth) or await self._credentials.get(auth)
             request = build(endpoint, credential)
             observer.try_started(exchange, endpoint.name, attempt)
@@ -308,21 +307,17 @@ class Pipeline:
                 endpoint.name, response.status, response.body, response.retry_after, secret=credential.value
             )
             observer.try_ended(exchange, endpoint.name, attempt, response.status, error)
-            if (
-                not refetched
-                and response.status in (401, 403)
-                and self._credentials.refreshable(endpoint.auth)
-            ):
+            if not refetched and response.status in (401, 403) and self._credentials.refreshable(auth):
                 log.warning(
                     "endpoint %r refused its credential (HTTP %d); fetching it again",
                     endpoint.name,
                     response.status,
                 )
                 observer.credential_refused(exchange, endpoint.name, response.status)
-                self._credentials.invalidate(endpoint.auth, credential)
+                self._credentials.invalidate(auth, credential)
                 continue
             if response.status in (401, 403):
-                error.message += endpoint.auth.refusal_hint()
+                error.message += auth.refusal_hint()
             raise error
         raise AssertionError("unreachable")
 
