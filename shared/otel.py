@@ -253,34 +253,28 @@ class GatewayHistogram:
         )
 
 
-@dataclass(frozen=True)
 class GatewayHistograms:
     """The GenAI conventions' histograms, kept by the gateway (`GatewayHistogram`)."""
 
-    token_usage: GatewayHistogram = field(
-        default_factory=lambda: GatewayHistogram(
+    def __init__(self) -> None:
+        self.token_usage = GatewayHistogram(
             "gen_ai.client.token.usage",
             "{token}",
             "Tokens used by an answered call, by gen_ai.token.type",
             TOKEN_BUCKETS,
         )
-    )
-    duration: GatewayHistogram = field(
-        default_factory=lambda: GatewayHistogram(
+        self.duration = GatewayHistogram(
             "gen_ai.client.operation.duration",
             "s",
             "Duration of a call to an endpoint, until its whole answer was read",
             DURATION_BUCKETS,
         )
-    )
-    time_to_first_chunk: GatewayHistogram = field(
-        default_factory=lambda: GatewayHistogram(
+        self.time_to_first_chunk = GatewayHistogram(
             "gen_ai.client.operation.time_to_first_chunk",
             "s",
             "Time from the request to the first event of a streamed answer",
             DURATION_BUCKETS,
         )
-    )
 
     def collect(self, *, delta: bool) -> list[Metric]:
         now_ns = time.time_ns()
@@ -310,9 +304,12 @@ class HistogramsExporter(MetricExporter):
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
-        ours = self._histograms.collect(delta=self._delta)
-        if ours and metrics_data.resource_metrics:
-            metrics_data = _with_metrics(metrics_data, ours)
+        # Collected only into an export that carries a resource: a delta collection forgets
+        # what it returns, which must not be dropped (it goes with the next export instead).
+        if metrics_data.resource_metrics:
+            ours = self._histograms.collect(delta=self._delta)
+            if ours:
+                metrics_data = _with_metrics(metrics_data, ours)
         return self._exporter.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:

@@ -19,7 +19,9 @@ from opentelemetry.sdk.metrics.export import (
     MetricExportResult,
     MetricsData,
     PeriodicExportingMetricReader,
+    ResourceMetrics,
 )
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -473,3 +475,15 @@ def test_the_histograms_are_exported_in_the_temporality_the_exporter_prefers(tem
     assert exported_counts() == ([1] if temporality is AggregationTemporality.DELTA else [3])
     assert exported_counts() == ([] if temporality is AggregationTemporality.DELTA else [3])
     provider.shutdown()
+
+
+def test_an_export_without_a_resource_keeps_the_histograms_for_the_next_one():
+    collected = Collected({HistogramInstrument: AggregationTemporality.DELTA})
+    histograms = GatewayHistograms()
+    exporter = HistogramsExporter(collected, histograms)
+    histograms.duration.record(0.5, {"gen_ai.operation.name": "chat"})
+    exporter.export(MetricsData(resource_metrics=[]))  # nothing of the SDK's to go with
+    exporter.export(MetricsData([ResourceMetrics(Resource.create({}), [], "")]))
+    assert collected.last is not None
+    (scope,) = collected.last.resource_metrics[0].scope_metrics
+    assert [(m.name, m.data.data_points[0].count) for m in scope.metrics] == [("gen_ai.client.operation.duration", 1)]
