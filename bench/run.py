@@ -507,7 +507,7 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench: needs wrk (apt-get install wrk)")
-    seconds, rounds, pairs = (3, 4, 1) if args.quick else (8, 10, 5)
+    seconds, rounds, pairs = (3, 4, 1) if args.quick else (8, 30, 5)
     shape_sampling = {"warmup": 10, "rounds": 4, "per_round": 10} if args.quick else {}
 
     servers: list[Server] = []
