@@ -11,7 +11,7 @@ import asyncio
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote
 
 from starlette import responses
@@ -46,6 +46,7 @@ _ASCII_DIGITS = re.compile(r"[0-9]{1,20}")
 WATCH_AFTER_S = 0.05
 
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
 
 
 class JSONResponse(responses.JSONResponse):
@@ -57,31 +58,28 @@ class JSONResponse(responses.JSONResponse):
 
 class EventStreamResponse(StreamingResponse):
     """Starlette's `StreamingResponse` for server-sent events, streamed from the request's own
-    task while one plain asyncio task watches for the caller's disconnect (Starlette runs both
-    in an anyio task group: two more tasks and a scheduling round before the first byte).
-    A disconnect cancels the stream, which ends the call to the endpoint."""
+    task (Starlette runs it and a disconnect listener in an anyio task group: two more tasks and
+    a scheduling round before the first byte). A `CallerWatch` cancels the stream if the caller
+    disconnects, which ends the call to the endpoint; a stream over within `WATCH_AFTER_S` costs
+    no watching task."""
 
     media_type = "text/event-stream"
 
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        *,
+        watch: CallerWatch | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(content, headers=headers)
+        self._watch = watch or CallerWatch()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        streaming = cast(asyncio.Task[None], asyncio.current_task())
-        caller_left = False
-
-        async def watch() -> None:
-            nonlocal caller_left
-            await self.listen_for_disconnect(receive)
-            caller_left = True
-            streaming.cancel()
-
-        watching = asyncio.create_task(watch())
         try:
-            await self.stream_response(send)
-        except asyncio.CancelledError:
-            # Ours: the caller went away. Anyone else's (a server shutdown) goes on up.
-            if not caller_left or streaming.uncancel() > 0:
-                raise
-        finally:
-            watching.cancel()
+            await self._watch.watched(receive, self.stream_response(send))
+        except CallerLeft:
+            pass  # the caller went away: nobody reads the rest
 
 
 class GatewayApi:
@@ -133,7 +131,7 @@ class GatewayApi:
 
         async def answer() -> Response:
             if chat.stream:
-                return await _streamed(self.gateway.chat_stream(chat, caller))
+                return await self._streamed(self.gateway.chat_stream(chat, caller))
             return JSONResponse(await self.gateway.chat(chat, caller))
 
         return await self._within_limits(caller, chat, "chat", len(body), request, answer)
@@ -145,7 +143,7 @@ class GatewayApi:
 
         async def answer() -> Response:
             if call.chat.stream:
-                return await _streamed(self.gateway.responses_stream(call, caller))
+                return await self._streamed(self.gateway.responses_stream(call, caller))
             return JSONResponse(await self.gateway.responses(call, caller))
 
         return await self._within_limits(caller, call.chat, "responses", len(body), request, answer)
@@ -202,6 +200,11 @@ class GatewayApi:
         _append_headers(response, admission.headers)
         return response
 
+    async def _streamed(self, events: AsyncIterator[bytes]) -> Response:
+        # Failures before the first event still get their status code and a JSON error.
+        first = await anext(events)
+        return EventStreamResponse(_prepend(first, events), watch=self._caller_watch, headers=SSE_HEADERS)
+
     async def _models(self, request: Request) -> Response:
         await self.callers.authenticate(request.headers)
         return JSONResponse(self.gateway.models())
@@ -221,10 +224,13 @@ class GatewayApi:
         return Response(self._openapi_document, media_type="application/json")
 
 
+class CallerLeft(Exception):
+    """The caller disconnected while its request was served; the work was cancelled."""
+
+
 class CallerWatch:
-    """Cancels an answer when its caller disconnects: its call to the endpoint and its in-flight
-    slot are given back then, not when the endpoint answers. (Once the response starts,
-    `EventStreamResponse` watches a stream the same way.)
+    """Cancels an answer, or a stream, when its caller disconnects: its call to the endpoint
+    and its in-flight slot are given back then, not when the endpoint answers.
 
     Most answers come sooner than `WATCH_AFTER_S`, so a request only registers here; one timer
     per process looks every `WATCH_AFTER_S` for requests that have waited that long and starts
@@ -235,10 +241,10 @@ class CallerWatch:
 
     def _start(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self._loop = loop
-        #: Requests not watched yet, oldest first: (the request, when it started).
-        self._waiting: dict[asyncio.Task[Any], tuple[Request, float]] = {}
+        #: Work not watched yet, oldest first: (the server's `receive`, when it started).
+        self._waiting: dict[asyncio.Task[Any], tuple[Receive, float]] = {}
         self._watching: dict[asyncio.Task[Any], asyncio.Task[None]] = {}
-        #: Answers this watch cancelled because their caller left.
+        #: Tasks this watch cancelled because their caller left.
         self._left: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
 
@@ -248,51 +254,53 @@ class CallerWatch:
 
     async def answer(self, request: Request, answer: Awaitable[Response]) -> Response:
         """`answer`, cancelled if the caller disconnects (then a 499 nobody reads)."""
+        try:
+            return await self.watched(request.receive, answer)
+        except CallerLeft:
+            log.info("the caller left before the answer; its call to the endpoint was cancelled")
+            return Response(status_code=499)  # nobody reads it: the connection is gone
+
+    async def watched(self, receive: Receive, work: Awaitable[T]) -> T:
+        """`work`, run in this task and cancelled if the caller disconnects (`receive` is the
+        server's, after the request's body): then `CallerLeft` is raised."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new event loop (tests start several): nothing carries over
             self._start(loop)
-        answering = cast(asyncio.Task[Any], asyncio.current_task())
-        self._waiting[answering] = (request, loop.time())
+        working = cast(asyncio.Task[Any], asyncio.current_task())
+        self._waiting[working] = (receive, loop.time())
         if self._timer is None:
             self._timer = loop.call_later(WATCH_AFTER_S, self._look)
         try:
-            return await answer
+            return await work
         except asyncio.CancelledError:
-            if answering not in self._left or answering.uncancel() > 0:
+            if working not in self._left or working.uncancel() > 0:
                 raise  # not ours: a server shutdown goes on up
-            log.info("the caller left before the answer; its call to the endpoint was cancelled")
-            return Response(status_code=499)  # nobody reads it: the connection is gone
+            raise CallerLeft from None
         finally:
-            if self._waiting.pop(answering, None) is None:
-                watching = self._watching.pop(answering, None)
+            if self._waiting.pop(working, None) is None:
+                watching = self._watching.pop(working, None)
                 if watching is not None:
                     watching.cancel()
-                self._left.discard(answering)
+                self._left.discard(working)
 
     def _look(self) -> None:
         loop = cast(asyncio.AbstractEventLoop, self._loop)
         self._timer = None
         started_by = loop.time() - WATCH_AFTER_S
         while self._waiting:
-            answering, (request, started) = next(iter(self._waiting.items()))
+            working, (receive, started) = next(iter(self._waiting.items()))
             if started > started_by:
                 break
-            del self._waiting[answering]
-            self._watching[answering] = loop.create_task(self._watch(request, answering))
+            del self._waiting[working]
+            self._watching[working] = loop.create_task(self._watch(receive, working))
         if self._waiting:
             self._timer = loop.call_later(WATCH_AFTER_S, self._look)
 
-    async def _watch(self, request: Request, answering: asyncio.Task[Any]) -> None:
+    async def _watch(self, receive: Receive, working: asyncio.Task[Any]) -> None:
         # The body has been read: the server's next message is the disconnect.
-        if (await request.receive())["type"] == "http.disconnect":
-            self._left.add(answering)
-            answering.cancel()
-
-
-async def _streamed(events: AsyncIterator[bytes]) -> Response:
-    # Failures before the first event still get their status code and a JSON error.
-    first = await anext(events)
-    return EventStreamResponse(_prepend(first, events), headers=SSE_HEADERS)
+        if (await receive())["type"] == "http.disconnect":
+            self._left.add(working)
+            working.cancel()
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

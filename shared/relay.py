@@ -15,6 +15,7 @@ the Responses API's events (shared/response_events.py) from the same normalized 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -185,13 +186,34 @@ class Pacing:
         Out of time, or when the caller stops listening, the task is cancelled."""
         try:
             while not task.done():
-                await asyncio.wait((task,), timeout=self.wait_s())
+                await _done_or_timeout(task, self.wait_s())
                 if not task.done():
                     yield self.keepalive()
         finally:
             if not task.done():
                 task.cancel()
                 await asyncio.wait((task,))
+
+
+async def _done_or_timeout(task: asyncio.Future[Any], timeout_s: float) -> None:
+    """Wait until `task` is done or `timeout_s` has passed; the task is not cancelled either way.
+    (`asyncio.wait((task,), timeout=timeout_s)` without the sets and closures it builds for
+    many tasks: a third of its cost, paid once per stream before its first event.)"""
+    loop = task.get_loop()
+    waiter = loop.create_future()
+    wake = functools.partial(_set_done, waiter)
+    task.add_done_callback(wake)
+    timer = loop.call_later(timeout_s, wake, None)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        task.remove_done_callback(wake)
+
+
+def _set_done(waiter: asyncio.Future[None], _: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def relay_chat(

@@ -121,6 +121,15 @@ class UpstreamStream:
         (nothing is lost: the next read goes on where this one stopped)."""
         content = self._response.content
         while True:
+            try:
+                buffered = content.read_nowait()  # what has come already needs no timer
+            except Exception as exc:
+                raise _error(exc, self._endpoint, self._read_timeout_s, streaming=True) from None
+            if buffered:
+                yield buffered
+                continue
+            if content.at_eof():
+                return
             idle = asyncio.timeout(idle_s())
             try:
                 async with idle:

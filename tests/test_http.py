@@ -12,7 +12,7 @@ import pytest
 from starlette.responses import Response
 
 from emulator import Fault, reply_text
-from shared.http import WATCH_AFTER_S, CallerWatch
+from shared.http import WATCH_AFTER_S, CallerLeft, CallerWatch
 
 from .client import CHAT, HELLO, assert_openai_error, get, post
 from .conftest import emulator_config
@@ -407,3 +407,22 @@ async def test_the_caller_watch_lets_anyone_elses_cancellation_through():
     with pytest.raises(asyncio.CancelledError):
         await answering
     assert len(watch) == 0
+
+
+async def test_the_caller_watch_ends_a_long_stream_whose_caller_left_and_never_watches_a_short_one():
+    watch = CallerWatch()
+    sent: list[int] = []
+
+    async def stream(events: int) -> None:
+        for index in range(events):
+            sent.append(index)
+            await asyncio.sleep(0.01)
+
+    # Over before the watch looks: never watched, although its caller is gone.
+    await watch.watched(_Connection(True).receive, stream(1))
+    assert sent == [0] and len(watch) == 0
+    sent.clear()
+    with pytest.raises(CallerLeft):
+        await watch.watched(_Connection(True).receive, stream(1000))
+    # Cancelled at the watch's look: after WATCH_AFTER_S, not after the whole stream.
+    assert 0 < len(sent) < 50 and len(watch) == 0
