@@ -249,7 +249,7 @@ class CallerWatch:
         self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
-        """The answers under way, watched or not yet."""
+        """The answers and streams under way, watched or not yet."""
         return len(self._waiting) + len(self._watching)
 
     async def answer(self, request: Request, answer: Awaitable[Response]) -> Response:
