@@ -19,14 +19,17 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .callers import Caller, LimitsSettings, LimitValues, StoreSettings
 from .errors import CallerLimitError, LimitStoreUnavailableError
 from .logs import get_logger
 from .observe import Exchange, Observer
+
+if TYPE_CHECKING:
+    from redis.asyncio.connection import AbstractConnection
 
 log = get_logger("gateway.limits")
 
@@ -183,13 +186,20 @@ class RedisStore:
     remote = True
     #: How long a settlement waits for its caller's next admission before it is sent on its own.
     SETTLE_DELAY_S = 0.25
+    #: How long admissions keep a connection before it goes back through the pool (which
+    #: re-authenticates it after an Entra token refresh, or reconnects it if it must).
+    HOLD_S = 10.0
 
     def __init__(self, settings: StoreSettings, environ: Mapping[str, str] = os.environ) -> None:
         import redis.asyncio as redis  # only a redis store pays for the import
+        from redis.exceptions import ConnectionError, NoScriptError
+
+        self._no_script: type[Exception] = NoScriptError
+        self._connection_errors: tuple[type[Exception], ...] = (ConnectionError, OSError)
 
         options: dict[str, Any] = {
             # No socket timeout of redis-py's own: each admission and flush runs under an
-            # asyncio.timeout of `timeout_s` (redis-py drops a connection cancelled mid-command),
+            # asyncio.timeout of `timeout_s` (a connection cancelled mid-command is dropped),
             # and redis-py's would cost a task per command on Python 3.11 (asyncio.wait_for).
             "socket_timeout": None,
             "socket_connect_timeout": settings.timeout_s,
@@ -203,12 +213,17 @@ class RedisStore:
             options["credential_provider"] = _entra_credential_provider()
         self._timeout_s = settings.timeout_s
         self._client = redis.Redis.from_url(settings.url or "", **options)
+        self._pool = self._client.connection_pool
         self._admit = self._client.register_script(_ADMIT)
         self._settle = self._client.register_script(_SETTLE)
+        #: Connections the admissions hold between their commands (most recent last), each with
+        #: when it was taken from the pool.
+        self._held: list[tuple[AbstractConnection, float]] = []
         #: Settlements not sent yet: key -> (its bucket, tokens to add; negative gives back).
         self._pending: dict[str, tuple[Bucket, int]] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
-        self._flushes: set[asyncio.Task[None]] = set()
+        #: Flushes and dropped connections' closing, running in the background.
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def admit(self, keys: list[str], buckets: list[Bucket], costs: list[int]) -> Decision:
         pending = self._pending
@@ -218,12 +233,64 @@ class RedisStore:
             for b, cost, delta in zip(buckets, costs, deltas, strict=True)
         )
         try:
-            out = await self._admit(keys=keys, args=[argument])
+            out = await self._run_admit(keys, argument)
         except BaseException:
             self.settle(keys, buckets, deltas)  # not applied: kept for the flush
             raise
         ok, *numbers = (float(x) for x in out.split(b","))
         return Decision(ok == 1, numbers[0::2], numbers[1::2])
+
+    async def _run_admit(self, keys: list[str], argument: str) -> bytes:
+        """EVALSHA of the admission script on a held connection: redis-py's connection and reply
+        parser, without its client's work around each command (the pool's lock, health and
+        observability hooks, retries), which cost this core about 60 µs per admission
+        (bench/README.md). A held connection that turns out broken (the server restarted or
+        failed over) drops every connection, and the admission runs once more on a new one."""
+        if self._held:
+            connection, taken = self._held.pop()
+            try:
+                return await self._evalsha(connection, taken, keys, argument)
+            except self._connection_errors:  # the server went away: every connection is stale
+                stale, self._held = self._held, []
+                for other, _ in stale:
+                    self._in_background(self._drop(other))
+                # The pool's idle ones too (redis-py hands them out unchecked when the server
+                # may send maintenance notifications): they connect again when taken.
+                await self._pool.disconnect(inuse_connections=False)
+        connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        return await self._evalsha(connection, time.monotonic(), keys, argument)
+
+    async def _evalsha(
+        self, connection: AbstractConnection, taken: float, keys: list[str], argument: str
+    ) -> bytes:
+        """One admission on `connection`, held again afterwards. A failed or cancelled command
+        drops its connection: a late reply must not answer the next command."""
+        try:
+            await connection.send_packed_command(
+                connection.pack_command("EVALSHA", self._admit.sha, len(keys), *keys, argument),
+                check_health=False,
+            )
+            out: bytes = await connection.read_response()
+        except self._no_script:  # a flushed or failed-over server: the script loads it again
+            self._held.append((connection, taken))
+            return await self._admit(keys=keys, args=[argument])
+        except BaseException:
+            self._in_background(self._drop(connection))
+            raise
+        if time.monotonic() - taken < self.HOLD_S:
+            self._held.append((connection, taken))
+        else:
+            await self._pool.release(connection)
+        return out
+
+    async def _drop(self, connection: AbstractConnection) -> None:
+        await connection.disconnect(nowait=True)
+        await self._pool.release(connection)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def settle(self, keys: list[str], buckets: list[Bucket], deltas: list[int]) -> None:
         for key, bucket, delta in zip(keys, buckets, deltas, strict=True):
@@ -235,9 +302,7 @@ class RedisStore:
 
     def _start_flush(self) -> None:
         self._flush_timer = None
-        task = asyncio.get_running_loop().create_task(self._flush())
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
+        self._in_background(self._flush())
 
     async def _flush(self) -> None:
         """Every pending settlement: one script call per caller (its keys share a cluster slot),
@@ -265,8 +330,11 @@ class RedisStore:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._start_flush()
-        if self._flushes:
-            await asyncio.wait(self._flushes)
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        held, self._held = self._held, []
+        for connection, _ in held:
+            await self._pool.release(connection)
         await self._client.aclose()
 
 

@@ -289,6 +289,37 @@ async def test_a_pending_settlement_applies_even_when_the_admission_refuses(redi
         await check.aclose()
 
 
+async def test_the_store_survives_a_restart_a_script_flush_and_a_cancelled_command(redis_server):
+    """Admissions hold their connections between commands: none of these may cost an admission
+    an error, or give it another command's reply."""
+    import redis.asyncio as redis
+
+    store = RedisStore(StoreSettings(type="redis", url=redis_server.url, timeout_s=1))
+    bucket = Bucket("tokens", 60_000, 100)
+    admitted = lambda key, cost: store.admit([f"gateway:limits:{{{key}}}:tokens"], [bucket], [cost])  # noqa: E731
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        # Three at once: three connections held.
+        assert all(d.admitted for d in await asyncio.gather(*(admitted(k, 10) for k in "abc")))
+        redis_server.stop()
+        redis_server.start()  # same port, empty: the held connections are all broken
+        await asyncio.sleep(0.1)  # the event loop sees the old server's connections close
+        assert (await admitted("a", 10)).debts_after_ms == [pytest.approx(6_000, abs=50)]
+        await admin.script_flush()
+        assert (await admitted("a", 10)).debts_after_ms == [pytest.approx(12_000, abs=100)]
+        # A command cancelled while the server is paused: its reply comes after the cancel.
+        await admin.client_pause(300)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await admitted("d", 50)
+        # The next admission has its own reply (key e's: empty), not the cancelled one's (d's,
+        # 30 s of debt).
+        assert (await admitted("e", 0)).debts_after_ms == [0]
+    finally:
+        await admin.aclose()
+        await store.aclose()
+
+
 async def test_a_caller_well_inside_its_limits_starts_before_its_admission_but_a_refusal_still_wins(
     emulator, start_gateway, redis_server
 ):
