@@ -59,6 +59,16 @@ class Bucket:
     name: str  # "requests", "tokens", "tokens_day"
     period_ms: int
     limit: int
+    #: Milliseconds one unit (a request, a token) takes to drain from the bucket.
+    ms_per_unit: float = field(init=False)
+    #: Its `x-ratelimit-*` headers' names: limit, remaining, reset.
+    header_names: tuple[str, str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        kind = "requests" if self.name == "requests" else "tokens"
+        names = tuple(f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset"))
+        object.__setattr__(self, "ms_per_unit", self.period_ms / self.limit)
+        object.__setattr__(self, "header_names", names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,19 +110,28 @@ class MemoryStore:
         self._admissions += 1
         if self._admissions % 1024 == 0:
             self._tats = {k: tat for k, tat in self._tats.items() if tat > now}
-        before = [max(self._tats.get(key, now), now) for key in keys]
-        after = [
-            tat + cost * b.period_ms / b.limit for tat, b, cost in zip(before, buckets, costs, strict=True)
-        ]
-        admitted = all(tat - now <= b.period_ms for tat, b in zip(after, buckets, strict=True))
+        tats = self._tats
+        admitted = True
+        before: list[float] = []
+        after: list[float] = []
+        for key, bucket, cost in zip(keys, buckets, costs, strict=True):
+            debt = tats.get(key, now) - now
+            if debt < 0:
+                debt = 0.0
+            before.append(debt)
+            debt += cost * bucket.ms_per_unit
+            after.append(debt)
+            if debt > bucket.period_ms:
+                admitted = False
         if admitted:
-            self._tats.update(zip(keys, after, strict=True))
-        return Decision(admitted, [t - now for t in before], [t - now for t in after])
+            for key, debt in zip(keys, after, strict=True):
+                tats[key] = now + debt
+        return Decision(admitted, before, after)
 
     def settle(self, keys: list[str], buckets: list[Bucket], deltas: list[int]) -> None:
         now = self._now_ms()
         for key, bucket, delta in zip(keys, buckets, deltas, strict=True):
-            tat = max(self._tats.get(key, now), now) + delta * bucket.period_ms / bucket.limit
+            tat = max(self._tats.get(key, now), now) + delta * bucket.ms_per_unit
             if tat > now:
                 self._tats[key] = tat
             else:
@@ -378,6 +397,8 @@ class CallerLimits:
         self.store_errors = 0
         self.observer = _Settler(self)
         self._buckets: dict[frozenset[str], list[Bucket]] = {}
+        #: The start of each caller's keys in the store, by its id.
+        self._prefixes: dict[str, str] = {}
         #: Per caller, after its last admission here: (when, the fullest bucket's share used).
         self._last_seen: dict[str, tuple[float, float]] = {}
         #: Whether requests may start while their admission's round trip is on its way.
@@ -423,11 +444,20 @@ class CallerLimits:
         buckets = self.buckets(caller)
         if not buckets:
             return Admission({}, 0, settled=True)
-        keys = [_key(caller, b) for b in buckets]
+        prefix = self._key_prefix(caller)
+        keys = [prefix + b.name for b in buckets]
         costs = [1 if b.name == "requests" else min(prompt_tokens, b.limit) for b in buckets]
         admission = Admission({}, prompt_tokens, keys, buckets, costs, decided=False)
         caller.admission = admission
         return admission
+
+    def _key_prefix(self, caller: Caller) -> str:
+        prefix = self._prefixes.get(caller.id)
+        if prefix is None:
+            if len(self._prefixes) >= MAX_CALLERS_SEEN:
+                self._prefixes.clear()
+            prefix = self._prefixes[caller.id] = _key_prefix(caller)
+        return prefix
 
     async def decide(self, admission: Admission) -> None:
         """The store's decision on a reserved admission: its headers, or 429 (nothing taken)."""
@@ -445,14 +475,15 @@ class CallerLimits:
             return
         debts = decision.debts_after_ms if decision.admitted else decision.debts_before_ms
         admission.headers = headers = _headers(buckets, debts)
-        # How full the caller's fullest bucket is; a refused caller counts as full: its next
-        # request waits for its admission.
-        share = (
-            max(d / b.period_ms for d, b in zip(debts, buckets, strict=True)) if decision.admitted else 1.0
-        )
-        self._last_seen[keys[0]] = (self._clock(), share)
-        if len(self._last_seen) >= MAX_CALLERS_SEEN:
-            self._last_seen.clear()  # forgetting costs the next requests a wait, nothing more
+        if self.early_start:
+            # How full the caller's fullest bucket is; a refused caller counts as full: its next
+            # request waits for its admission.
+            share = (
+                max(d / b.period_ms for d, b in zip(debts, buckets, strict=True)) if decision.admitted else 1.0
+            )
+            self._last_seen[keys[0]] = (self._clock(), share)
+            if len(self._last_seen) >= MAX_CALLERS_SEEN:
+                self._last_seen.clear()  # forgetting costs the next requests a wait, nothing more
         if not decision.admitted:
             admission.settled = True
             refusing = [
@@ -476,7 +507,7 @@ class CallerLimits:
         buckets = self.buckets(caller)
         if not buckets:
             return False
-        seen = self._last_seen.get(_key(caller, buckets[0]))
+        seen = self._last_seen.get(self._key_prefix(caller) + buckets[0].name)
         return seen is not None and self._clock() - seen[0] < HEADROOM_FRESH_S and seen[1] < 0.5
 
     async def _decide(self, keys: list[str], buckets: list[Bucket], costs: list[int]) -> Decision | None:
@@ -512,15 +543,14 @@ class CallerLimits:
             admission.used_early = used_tokens
             return
         admission.settled = True
-        tokens = [
-            (key, bucket, used_tokens - cost)
-            for key, bucket, cost in zip(admission.keys, admission.buckets, admission.costs, strict=True)
-            if bucket.name != "requests" and used_tokens != cost
-        ]
-        if not tokens:
-            return
-        keys, buckets, deltas = [t[0] for t in tokens], [t[1] for t in tokens], [t[2] for t in tokens]
-        self._store.settle(keys, buckets, deltas)
+        keys, buckets, deltas = [], [], []
+        for key, bucket, cost in zip(admission.keys, admission.buckets, admission.costs, strict=True):
+            if bucket.name != "requests" and used_tokens != cost:
+                keys.append(key)
+                buckets.append(bucket)
+                deltas.append(used_tokens - cost)
+        if keys:
+            self._store.settle(keys, buckets, deltas)
 
     async def aclose(self) -> None:
         await self._store.aclose()
@@ -539,10 +569,11 @@ class _Settler(Observer):
             self._limits.settle(admission, used_tokens(exchange, admission, error))
 
 
-def _key(caller: Caller, bucket: Bucket) -> str:
-    # A hash tag keeps a caller's keys in one slot of a Redis cluster (one script, many keys).
+def _key_prefix(caller: Caller) -> str:
+    """The caller's keys in the store are this and a bucket's name. A hash tag keeps them in one
+    slot of a Redis cluster (one script, many keys)."""
     tag = caller.id.replace("{", "(").replace("}", ")")
-    return f"gateway:limits:{{{tag}}}:{bucket.name}"
+    return f"gateway:limits:{{{tag}}}:"
 
 
 def used_tokens(exchange: Exchange, admission: Admission, error: BaseException | None) -> int:
@@ -578,17 +609,14 @@ def _headers(buckets: list[Bucket], debts_ms: list[float]) -> dict[str, str]:
     """OpenAI's `x-ratelimit-*` headers: requests per minute, and tokens per minute (per day
     when there is no per-minute token limit)."""
     headers: dict[str, str] = {}
-    seen: set[str] = set()
     for bucket, debt in zip(buckets, debts_ms, strict=True):
-        kind = "requests" if bucket.name == "requests" else "tokens"
-        if kind in seen:
+        limit_name, remaining_name, reset_name = bucket.header_names
+        if limit_name in headers:  # tokens per day, after tokens per minute
             continue
-        seen.add(kind)
-        per_unit = bucket.period_ms / bucket.limit
-        remaining = max(0, math.floor((bucket.period_ms - debt) / per_unit))
-        headers[f"x-ratelimit-limit-{kind}"] = str(bucket.limit)
-        headers[f"x-ratelimit-remaining-{kind}"] = str(min(remaining, bucket.limit))
-        headers[f"x-ratelimit-reset-{kind}"] = duration(max(0.0, debt))
+        remaining = math.floor((bucket.period_ms - debt) / bucket.ms_per_unit)
+        headers[limit_name] = str(bucket.limit)
+        headers[remaining_name] = str(0 if remaining < 0 else min(remaining, bucket.limit))
+        headers[reset_name] = duration(debt if debt > 0 else 0.0)
     return headers
 
 

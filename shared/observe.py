@@ -120,7 +120,8 @@ class Observers(Observer):
             methods = [(type(o).__name__, getattr(o, name)) for o in self._observers]
             inherited = getattr(Observer, name)
             told = [(kind, m) for kind, m in methods if getattr(m, "__func__", None) is not inherited]
-            setattr(self, name, _teller(name, told))
+            if told:  # else the inherited no-op
+                setattr(self, name, _teller(name, told))
 
 
 def _teller(name: str, methods: list[tuple[str, Callable[..., None]]]) -> Callable[..., None]:
