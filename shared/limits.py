@@ -234,6 +234,7 @@ class RedisStore:
         self._client = redis.Redis.from_url(settings.url or "", **options)
         self._pool = self._client.connection_pool
         self._admit = self._client.register_script(_ADMIT)
+        self._admit_sha = self._admit.sha.encode()
         self._settle = self._client.register_script(_SETTLE)
         #: Connections the admissions hold between their commands (most recent last), each with
         #: when it was taken from the pool.
@@ -286,8 +287,7 @@ class RedisStore:
         drops its connection: a late reply must not answer the next command."""
         try:
             await connection.send_packed_command(
-                connection.pack_command("EVALSHA", self._admit.sha, len(keys), *keys, argument),
-                check_health=False,
+                _evalsha_command(self._admit_sha, keys, argument), check_health=False
             )
             out: bytes = await connection.read_response()
         except self._no_script:  # a flushed or failed-over server: the script loads it again
@@ -355,6 +355,16 @@ class RedisStore:
         for connection, _ in held:
             await self._pool.release(connection)
         await self._client.aclose()
+
+
+def _evalsha_command(sha: bytes, keys: list[str], argument: str) -> bytes:
+    """`EVALSHA sha len(keys) *keys argument` as Redis reads it (RESP: an array of bulk
+    strings). redis-py's `pack_command` packs any command, checking and encoding each argument
+    on its way: 30-40 µs of CPU per admission, for the one command whose shape is known here."""
+    parts = [sha, b"%d" % len(keys), *(key.encode() for key in keys), argument.encode()]
+    return b"*%d\r\n$7\r\nEVALSHA\r\n" % (len(parts) + 1) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(part), part) for part in parts
+    )
 
 
 def _entra_credential_provider() -> Any:

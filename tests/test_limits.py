@@ -289,6 +289,24 @@ async def test_a_pending_settlement_applies_even_when_the_admission_refuses(redi
         await check.aclose()
 
 
+@pytest.mark.parametrize(
+    ("keys", "argument"),
+    [
+        (["gateway:limits:{oid-1}:requests", "gateway:limits:{oid-1}:tokens"], "60000,10,1,0,60000,900,25,-3"),
+        (["gateway:limits:{é\r\n$3}:tokens_day"], "86400000,1000000000000,250,0"),
+        ([], "x" * 70_000),
+    ],
+)
+def test_the_admission_command_is_packed_as_redis_py_packs_it(keys, argument):
+    from redis.asyncio.connection import Connection
+
+    from shared.limits import _evalsha_command
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    expected = b"".join(Connection().pack_command("EVALSHA", sha, len(keys), *keys, argument))
+    assert _evalsha_command(sha.encode(), keys, argument) == expected
+
+
 async def test_the_store_survives_a_restart_a_script_flush_and_a_cancelled_command(redis_server):
     """Admissions hold their connections between commands: none of these may cost an admission
     an error, or give it another command's reply."""
