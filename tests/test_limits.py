@@ -292,7 +292,10 @@ async def test_a_pending_settlement_applies_even_when_the_admission_refuses(redi
 @pytest.mark.parametrize(
     ("keys", "argument"),
     [
-        (["gateway:limits:{oid-1}:requests", "gateway:limits:{oid-1}:tokens"], "60000,10,1,0,60000,900,25,-3"),
+        (
+            ["gateway:limits:{oid-1}:requests", "gateway:limits:{oid-1}:tokens"],
+            "60000,10,1,0,60000,900,25,-3",
+        ),
         (["gateway:limits:{é\r\n$3}:tokens_day"], "86400000,1000000000000,250,0"),
         ([], "x" * 70_000),
     ],
@@ -333,6 +336,29 @@ async def test_the_store_survives_a_restart_a_script_flush_and_a_cancelled_comma
         # The next admission has its own reply (key e's: empty), not the cancelled one's (d's,
         # 30 s of debt).
         assert (await admitted("e", 0)).debts_after_ms == [0]
+    finally:
+        await admin.aclose()
+        await store.aclose()
+
+
+async def test_held_connections_go_back_through_the_pool(redis_server, monkeypatch):
+    """Past `HOLD_S` a held connection returns to redis-py's pool (which re-authenticates it
+    after an Entra token renewal) and is taken from there again, not leaked."""
+    import redis.asyncio as redis
+
+    monkeypatch.setattr(RedisStore, "HOLD_S", 0.0)
+    store = RedisStore(StoreSettings(type="redis", url=redis_server.url, timeout_s=1))
+    admin = redis.Redis.from_url(redis_server.url)
+    bucket = Bucket("requests", 60_000, 100)
+    try:
+        debts = [
+            (await store.admit(["gateway:limits:{h}:requests"], [bucket], [1])).debts_after_ms[0]
+            for _ in range(5)
+        ]
+        assert debts == [pytest.approx(600 * n, abs=50) for n in range(1, 6)]
+        # Not one per admission: the admissions' connection, the one that loaded the script
+        # (the first EVALSHA found none), and the admin's.
+        assert len(await admin.client_list()) == 3
     finally:
         await admin.aclose()
         await store.aclose()
