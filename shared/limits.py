@@ -265,7 +265,9 @@ class RedisStore:
         parser, without its client's work around each command (the pool's lock, health and
         observability hooks, retries), which cost this core about 60 µs per admission
         (bench/README.md). A held connection that turns out broken (the server restarted or
-        failed over) drops every connection, and the admission runs once more on a new one."""
+        failed over) drops every connection, and the admission runs once more on a new one (as
+        redis-py's own retry would: if the server ran it before its connection broke, the
+        caller is counted twice, once)."""
         if self._held:
             connection, taken = self._held.pop()
             try:
@@ -454,14 +456,15 @@ class CallerLimits:
         buckets = self.buckets(caller)
         if not buckets:
             return Admission({}, 0, settled=True)
-        prefix = self._key_prefix(caller)
+        prefix = self._prefix_of(caller)
         keys = [prefix + b.name for b in buckets]
         costs = [1 if b.name == "requests" else min(prompt_tokens, b.limit) for b in buckets]
         admission = Admission({}, prompt_tokens, keys, buckets, costs, decided=False)
         caller.admission = admission
         return admission
 
-    def _key_prefix(self, caller: Caller) -> str:
+    def _prefix_of(self, caller: Caller) -> str:
+        """`_key_prefix(caller)`, kept for each caller seen (up to `MAX_CALLERS_SEEN`)."""
         prefix = self._prefixes.get(caller.id)
         if prefix is None:
             if len(self._prefixes) >= MAX_CALLERS_SEEN:
@@ -517,7 +520,7 @@ class CallerLimits:
         buckets = self.buckets(caller)
         if not buckets:
             return False
-        seen = self._last_seen.get(self._key_prefix(caller) + buckets[0].name)
+        seen = self._last_seen.get(self._prefix_of(caller) + buckets[0].name)
         return seen is not None and self._clock() - seen[0] < HEADROOM_FRESH_S and seen[1] < 0.5
 
     async def _decide(self, keys: list[str], buckets: list[Bucket], costs: list[int]) -> Decision | None:
