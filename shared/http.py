@@ -32,7 +32,6 @@ from .errors import (
 )
 from .limits import estimate_tokens
 from .logs import bind_request_id, get_logger
-from .responses import parse_responses_request
 from .service import Gateway
 from .sse import SSE_HEADERS
 from .tracecontext import bind_caller_trace
@@ -137,6 +136,10 @@ class GatewayApi:
         return await self._within_limits(caller, chat, "chat", len(body), request, answer)
 
     async def _responses(self, request: Request) -> Response:
+        # Not imported at start-up (its models cost 15 ms of every cold start); the warm-up
+        # thread has normally imported it before the first call (shared/runtime.py).
+        from .responses import parse_responses_request
+
         caller = await self.callers.authenticate(request.headers)
         body = await self._json_body(request)
         call = parse_responses_request(body, **self._counts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .api_type import ApiType
 from .callers import Caller
@@ -27,11 +27,12 @@ from .logs import current_request_id, get_logger
 from .observe import NO_OBSERVER, Exchange, Observer, Observers
 from .pipeline import Leases, Pipeline, RequestBuilder, Target
 from .relay import CHAT_EVENTS, EventWriter, Pacing, relay_chat
-from .response_events import ResponseEvents
-from .responses import ResponsesCall, response_from_result
 from .routing import build_upstream_request
 from .telemetry import flush_telemetry, telemetry_observer
 from .transport import Sender, Transport, UpstreamRequest, UpstreamResponse
+
+if TYPE_CHECKING:  # imported by the first Responses API call, or the warm-up before it
+    from .responses import ResponsesCall
 
 log = get_logger("gateway.service")
 
@@ -105,6 +106,8 @@ class Gateway:
 
     async def responses(self, call: ResponsesCall, caller: Caller | None = None) -> dict[str, Any]:
         """The `response` object for a validated Responses API request."""
+        from .responses import response_from_result
+
         answered_by, result, exchange = await self._complete(call.chat, "responses", caller)
         return response_from_result(call, result, model=answered_by.name, id=exchange.response_id)
 
@@ -115,6 +118,8 @@ class Gateway:
 
     def responses_stream(self, call: ResponsesCall, caller: Caller | None = None) -> AsyncIterator[bytes]:
         """The Responses API's SSE events, as `chat_stream`'s."""
+        from .response_events import ResponseEvents
+
         return self._stream(
             call.chat, "responses", ResponseEvents(call, self.config.max_response_bytes), caller
         )
@@ -190,12 +195,12 @@ class Gateway:
         return endpoint, exchange
 
     def modules_to_warm(self) -> list[str]:
-        """What the first request imports that the start-up did not: aiohttp, and the Azure
-        SDKs of the configured credentials."""
+        """What the first request imports that the start-up did not: aiohttp, the Azure SDKs of
+        the configured credentials, and the Responses API's models."""
         needed = dict.fromkeys(["aiohttp"])
         for endpoint in self.config.endpoints:
             needed.update(dict.fromkeys(PROVIDERS[endpoint.auth.type].modules))
-        return list(needed)
+        return [*needed, "shared.response_events"]
 
     def caller_refused(
         self, request: ChatRequest, operation: str, caller: Caller, error: CallerLimitError

@@ -27,7 +27,15 @@ shared.runtime.warm_up = lambda modules: None  # what the start-up imports by it
 print(",".join(m for m in {deferred!r} if m in sys.modules) or "none")
 """
 #: What no request of the default configuration needs before its first call.
-DEFERRED = ("aiohttp", "jwt", "cryptography.x509", "shared.openapi", "azure.identity", "azure.keyvault")
+DEFERRED = (
+    "aiohttp",
+    "jwt",
+    "cryptography.x509",
+    "shared.openapi",
+    "shared.responses",
+    "azure.identity",
+    "azure.keyvault",
+)
 
 
 def _loaded(import_line: str, config: dict) -> list[str]:
@@ -62,10 +70,10 @@ def test_function_app_imports_with_the_collector_off_and_leaves_it_on():
     assert out.stdout.split() == ["True", "True"]
 
 
-def test_the_warm_up_names_aiohttp_and_the_configured_credentials_sdks():
+def test_the_warm_up_names_aiohttp_the_configured_credentials_sdks_and_the_responses_models():
     config = emulator_config("http://127.0.0.1:9")
     env = {"GATEWAY_CONFIG": json.dumps(config), "EMULATOR_KEY": "k"}
-    assert Gateway(load_config(env)).modules_to_warm() == ["aiohttp"]
+    assert Gateway(load_config(env)).modules_to_warm() == ["aiohttp", "shared.response_events"]
     config["endpoints"][0]["auth"] = {"type": "key_vault", "secret_name": "endpoint-key"}
     env = {
         "GATEWAY_CONFIG": json.dumps(config),
@@ -76,6 +84,7 @@ def test_the_warm_up_names_aiohttp_and_the_configured_credentials_sdks():
         "aiohttp",
         "azure.keyvault.secrets.aio",
         "azure.identity.aio",
+        "shared.response_events",
     ]
 
 
