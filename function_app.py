@@ -7,8 +7,9 @@ the work is done by `shared.http.GatewayApi`.
 
 import gc
 
-# Off while the app is imported, back on in tune_gc() below: nearly all of what the import
-# creates lives as long as the process (shared/runtime.py). 35–40 ms of every cold start.
+# Off while the modules are imported, back on in tune_gc() below (also when the configuration
+# is refused): nearly all of what the imports create lives as long as the process
+# (shared/runtime.py). 35–40 ms of every cold start.
 gc.disable()
 
 from collections.abc import Awaitable, Callable  # noqa: E402
@@ -21,6 +22,7 @@ from shared.routes import ROUTES, Route  # noqa: E402
 from shared.runtime import tune_gc, warm_up  # noqa: E402
 from shared.telemetry import host_records_requests  # noqa: E402
 
+tune_gc()
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 host_records_requests()  # the host records each invocation: telemetry must not count it twice
 api = GatewayApi.from_environ()
@@ -48,5 +50,4 @@ for _route in ROUTES:
         )(_function(_route))
     )
 
-tune_gc()  # the collector back on, after everything above is created: see shared/runtime.py
 warm_up(api.gateway.modules_to_warm())  # what the first request imports, while the host starts

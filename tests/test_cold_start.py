@@ -58,16 +58,19 @@ def test_the_start_up_leaves_what_the_first_call_needs_to_the_warm_up(import_lin
     assert _loaded(import_line, emulator_config("http://127.0.0.1:9")) == ["none"]
 
 
-def test_function_app_imports_with_the_collector_off_and_leaves_it_on():
+@pytest.mark.parametrize("refused", [False, True])
+def test_function_app_imports_with_the_collector_off_and_leaves_it_on(refused):
     probe = (
         "import gc, shared.runtime; shared.runtime.warm_up = lambda modules: None\n"
-        "import function_app; print(gc.isenabled(), gc.get_freeze_count() > 10_000)"
+        "try:\n    import function_app\nexcept Exception as exc:\n    print(type(exc).__name__)\n"
+        "print(gc.isenabled(), gc.get_freeze_count() > 10_000)"
     )
-    env = {**os.environ, "GATEWAY_CONFIG": json.dumps(emulator_config("http://127.0.0.1:9")), "EMULATOR_KEY": "k"}
+    config = {"endpoints": []} if refused else emulator_config("http://127.0.0.1:9")
+    env = {**os.environ, "GATEWAY_CONFIG": json.dumps(config), "EMULATOR_KEY": "k"}
     out = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
     )
-    assert out.stdout.split() == ["True", "True"]
+    assert out.stdout.split() == (["ConfigError"] if refused else []) + ["True", "True"]
 
 
 def test_the_warm_up_names_aiohttp_the_configured_credentials_sdks_and_the_responses_models():
