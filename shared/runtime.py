@@ -14,14 +14,16 @@ YOUNG_GENERATION_THRESHOLD = 10_000
 
 
 def tune_gc() -> None:
-    """Keep the cyclic garbage collector off the request path; called once start-up is over.
+    """Keep the cyclic garbage collector off the request path; called once the start-up's
+    imports are done.
 
     A request allocates a few hundred short-lived containers, nearly all freed by reference
     counting; at the default threshold a collection runs every few requests and, under load,
     walks thousands of live request objects each time (bench/README.md has the figures).
-    What start-up created (modules, configuration, clients) lives as long as the process:
-    `gc.freeze` moves it out of the collector's sight at once. Its little garbage (a thousand
-    cycles) is freed later by the warm-up's thread (`warm_up`), off the start-up's path: the
+    What the imports created (modules, classes, models) lives as long as the process:
+    `gc.freeze` moves it out of the collector's sight at once. The warm-up's thread (`warm_up`)
+    later frees the start-up's little garbage (about a thousand cycles) and freezes what the
+    rest of the start-up created (configuration, clients), off the start-up's path: that full
     collection alone took 17–20 ms. `function_app.py` imports with the collector off, which
     this turns back on: about 100,000 objects are created then and nearly all of them stay, so
     collecting during the import (35–40 ms of each cold start) would only walk them again and
@@ -35,12 +37,13 @@ def tune_gc() -> None:
 
 def warm_up(modules: Iterable[str], *, freeze: bool = True) -> threading.Thread:
     """Import `modules` on a background thread: what the first request needs and the start-up
-    does not (aiohttp, the Azure SDKs of the configured credentials). Every scale-out pays the
-    start-up's imports before it can take a request; these then load while the host finishes
-    starting. A request that comes first waits for the rest of the import (Python's import
-    lock), never for a second one. Then the start-up's garbage is collected and what it and the
-    imports created is frozen (with it, whatever requests hold at that instant: the first
-    second's, a few objects at most, never collected)."""
+    does not (aiohttp, the Azure SDKs of the configured credentials, the Responses API's
+    models). Every scale-out pays the start-up's imports before it can take a request; these
+    then load while the host finishes starting. A request that comes first waits for the rest
+    of the import (Python's import lock), never for a second one. Then the start-up's garbage
+    is collected (one full collection, 20–25 ms, which a request arriving then waits for) and
+    what the start-up and the imports created is frozen (with it, whatever requests hold at
+    that instant: the first second's, a few objects at most, never collected)."""
 
     def run() -> None:
         for name in modules:
