@@ -266,8 +266,8 @@ class RedisStore:
         observability hooks, retries), which cost this core about 60 µs per admission
         (bench/README.md). A held connection that turns out broken (the server restarted or
         failed over) drops every connection, and the admission runs once more on a new one (as
-        redis-py's own retry would: if the server ran it before its connection broke, the
-        caller is counted twice, once)."""
+        redis-py's own retry would: if the server ran it before its connection broke, that
+        request is counted twice)."""
         if self._held:
             connection, taken = self._held.pop()
             try:
